@@ -1,0 +1,61 @@
+"""Task packs found by name.
+
+Modeled on Opacus's accountant registry: a name maps to a class, and adding a task
+means adding one module in this package that decorates its class with
+:func:`register_task` — no other file changes. Modules are discovered on first
+lookup.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+
+from fedmed.errors import ConfigError
+from fedmed.tasks.base import SiteData, TaskPack
+
+__all__ = ["SiteData", "TaskPack", "get_task", "register_task", "task_names"]
+
+_REGISTRY: dict[str, type[TaskPack]] = {}
+_discovered = False
+
+
+def register_task(name: str) -> Callable[[type[TaskPack]], type[TaskPack]]:
+    """Class decorator: make a TaskPack subclass available as ``name``."""
+
+    def decorator(cls: type[TaskPack]) -> type[TaskPack]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"task name {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+    _discovered = True
+
+
+def task_names() -> list[str]:
+    """Names of every registered task pack."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> TaskPack:
+    """A new instance of the pack registered as ``name``; ConfigError if unknown."""
+    _discover()
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise ConfigError(
+            f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}"
+        ) from None

@@ -1,0 +1,100 @@
+"""The task-pack contract.
+
+A task pack is everything fedmed knows about one learning task: how to load one
+site's data (train/val/test), which model to build, the loss, and how to score a
+model. Packs never know about Flower or Opacus: the node (``fedmed.clients``)
+builds optimisers and data loaders, wraps them for DP-SGD, and calls the pack.
+That is what lets every pack run with DP and in every federation unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """One site's splits. ``fingerprint`` identifies the exact data trained on (ledger/audit)."""
+
+    site: str
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    fingerprint: str
+
+
+class TaskPack(ABC):
+    """One learning task. Subclasses register themselves with :func:`fedmed.tasks.register_task`.
+
+    Class attributes every pack sets:
+
+    - ``name``: the registry name used in configs and on the command line.
+    - ``metrics``: the metric names :meth:`evaluate` returns; ``primary_metric`` is one of them
+      and is what tables and plots lead with (higher is better).
+    - ``default_sites``: the sites of the pack's built-in multi-site data.
+    - ``default_lr``, ``default_batch_size``, ``default_local_epochs``: training defaults a
+      federation config may override.
+    """
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]
+    primary_metric: ClassVar[str]
+    default_sites: ClassVar[tuple[str, ...]]
+    default_lr: ClassVar[float] = 0.05
+    default_batch_size: ClassVar[int] = 32
+    default_local_epochs: ClassVar[int] = 1
+
+    def site_names(self, data_dir: Path | None = None) -> list[str]:
+        """Sites available for this pack (the built-in ones unless a pack reads ``data_dir``)."""
+        return list(self.default_sites)
+
+    @abstractmethod
+    def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
+        """Load one site's train/val/test splits. Raise DataError naming the file on bad input."""
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A fresh model (same architecture at every site). No BatchNorm: DP-SGD forbids it."""
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean loss over a batch."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
+        """Score ``model`` on ``dataset``; keys are exactly ``self.metrics``."""
+
+
+def predict(
+    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model outputs and targets over a whole dataset, on the CPU, in dataset order."""
+    model.eval()
+    outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    with torch.no_grad():
+        for inputs, target in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            outputs.append(model(inputs.to(device)).cpu())
+            targets.append(target)
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def fingerprint_arrays(arrays: Sequence[np.ndarray]) -> str:
+    """SHA-256 over arrays' dtypes, shapes and bytes: a stable identity for a site's data."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        contiguous = np.ascontiguousarray(array)
+        digest.update(str(contiguous.dtype).encode())
+        digest.update(str(contiguous.shape).encode())
+        digest.update(contiguous.tobytes())
+    return digest.hexdigest()

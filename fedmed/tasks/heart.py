@@ -1,0 +1,166 @@
+"""UCI Heart Disease across four hospitals (FLamby's Fed-Heart-Disease).
+
+Data: the four ``processed.*.data`` tables of the UCI Heart Disease database
+(Janosi, Steinbrunn, Pfisterer, Detrano; CC BY 4.0), vendored in
+``fedmed/data/uci_heart``. Natural split: one site per hospital. Label: presence
+of heart disease (``num > 0``).
+
+Missing values. Two preprocessings are offered:
+
+- ``impute`` (default): each site replaces a missing value (``?``, or a 0 where 0 is
+  physiologically impossible: serum cholesterol, resting blood pressure) by the
+  mean of that feature in *its own training split*; features no patient of the
+  site has are set to 0 after standardisation. All 920 patients are kept.
+- ``flamby``: FLamby's choice — drop every row with a missing value (740 patients
+  remain; Switzerland keeps few) — for comparison with FLamby's published numbers.
+
+Each site standardises with its own training statistics (nothing leaves the
+site). Train/test is a stratified 2/3–1/3 split with a fixed seed independent of
+the training seed, so seeds vary training only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from fedmed.errors import ConfigError, DataError
+from fedmed.tasks import register_task
+from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "uci_heart"
+SITE_FILES = {
+    "cleveland": "processed.cleveland.data",
+    "hungary": "processed.hungarian.data",
+    "switzerland": "processed.switzerland.data",
+    "va": "processed.va.data",
+}
+COLUMNS = (
+    "age sex cp trestbps chol fbs restecg thalach exang oldpeak slope ca thal num".split()
+)
+FEATURES = COLUMNS[:-1]
+# A recorded 0 here means "not measured" (Switzerland stores every cholesterol as 0).
+ZERO_MEANS_MISSING = ("trestbps", "chol")
+SPLIT_SEED = 42
+TEST_FRACTION = 1 / 3
+PREPROCESSINGS = ("impute", "flamby")
+
+
+def read_site_table(path: Path) -> pd.DataFrame:
+    """Read one ``processed.*.data`` file; DataError naming the file if it is not that format."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected a UCI processed.*.data table)")
+    try:
+        table = pd.read_csv(path, header=None, na_values="?")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: not a readable comma-separated table ({exc})") from None
+    if table.shape[1] != len(COLUMNS):
+        raise DataError(
+            f"{path}: expected {len(COLUMNS)} comma-separated columns, found {table.shape[1]}"
+        )
+    table.columns = list(COLUMNS)
+    non_numeric = [c for c in COLUMNS if not pd.api.types.is_numeric_dtype(table[c])]
+    if non_numeric:
+        raise DataError(f"{path}: non-numeric values in column(s) {', '.join(non_numeric)}")
+    if table["num"].isna().any():
+        raise DataError(f"{path}: the label column 'num' has missing values")
+    return table
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of test rows, stratified by label, reproducible for ``seed``."""
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for value in np.unique(labels):
+        rows = np.flatnonzero(labels == value)
+        rng.shuffle(rows)
+        is_test[rows[: int(round(len(rows) * test_fraction))]] = True
+    return is_test
+
+
+def standardise(train: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Impute NaN with train means, then z-score with train statistics (NaN columns → 0)."""
+    observed = ~np.isnan(train)
+    counts = observed.sum(axis=0)
+    sums = np.where(observed, train, 0.0).sum(axis=0)
+    means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    train = np.where(np.isnan(train), means, train)
+    other = np.where(np.isnan(other), means, other)
+    stds = train.std(axis=0)
+    stds = np.where(stds < 1e-8, 1.0, stds)
+    return (train - means) / stds, (other - means) / stds
+
+
+def site_arrays(
+    table: pd.DataFrame, preprocessing: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train/test features and labels for one site table."""
+    if preprocessing not in PREPROCESSINGS:
+        raise ConfigError(
+            f"unknown heart preprocessing {preprocessing!r}; expected one of {PREPROCESSINGS}"
+        )
+    table = table.copy()
+    for column in ZERO_MEANS_MISSING:
+        table.loc[table[column] == 0, column] = np.nan
+    if preprocessing == "flamby":
+        table = table.dropna()
+    features = table[FEATURES].to_numpy(dtype=np.float64)
+    labels = (table["num"].to_numpy() > 0).astype(np.float32)
+    is_test = stratified_split(labels, TEST_FRACTION, SPLIT_SEED)
+    x_train, x_test = standardise(features[~is_test], features[is_test])
+    return x_train.astype(np.float32), labels[~is_test], x_test.astype(np.float32), labels[is_test]
+
+
+@register_task("heart")
+class HeartTask(TaskPack):
+    """Binary heart-disease prediction with a logistic-regression-sized model."""
+
+    metrics = ("accuracy", "auc")
+    primary_metric = "accuracy"
+    default_sites = tuple(SITE_FILES)
+    default_lr = 0.05
+    default_batch_size = 16
+    default_local_epochs = 1
+
+    def __init__(self, preprocessing: str = "impute") -> None:
+        if preprocessing not in PREPROCESSINGS:
+            raise ConfigError(
+                f"unknown heart preprocessing {preprocessing!r}; expected one of {PREPROCESSINGS}"
+            )
+        self.preprocessing = preprocessing
+
+    def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
+        if site not in SITE_FILES:
+            raise ConfigError(f"unknown heart site {site!r}; sites: {', '.join(SITE_FILES)}")
+        folder = Path(data_dir) if data_dir is not None else DATA_DIR
+        if not folder.is_dir():
+            raise DataError(f"{folder}: data folder not found")
+        table = read_site_table(folder / SITE_FILES[site])
+        x_train, y_train, x_test, y_test = site_arrays(table, self.preprocessing)
+        return SiteData(
+            site=site,
+            train=TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
+            val=None,
+            test=TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
+            fingerprint=fingerprint_arrays([x_train, y_train, x_test, y_test]),
+        )
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(len(FEATURES), 1), nn.Flatten(0))
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(outputs, targets.float())
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
+        logits, targets = predict(model, dataset, device)
+        labels = targets.numpy()
+        scores = torch.sigmoid(logits).numpy()
+        accuracy = float(((scores >= 0.5) == (labels >= 0.5)).mean())
+        auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) > 1 else float("nan")
+        return {"accuracy": accuracy, "auc": auc}

@@ -1,0 +1,112 @@
+"""One round of local training, shared by every task pack and by the baselines.
+
+The node owns the optimiser and the data loader so it can hand them to the DP
+trainer (``fedmed.privacy``) before the loop runs; the pack only supplies the model
+and the loss. FedProx's proximal term is applied as a decoupled step after each
+optimiser step (``w -= lr * mu * (w - w_global)``): it uses no data, so it costs no
+privacy and works the same with or without per-sample gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader, Dataset
+
+from fedmed.tasks.base import TaskPack
+
+# Wraps (model, optimizer, loader) before training, e.g. Opacus's make_private.
+LoopWrapper = Callable[
+    [nn.Module, Optimizer, DataLoader], tuple[nn.Module, Optimizer, DataLoader]
+]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local training hyper-parameters of one round."""
+
+    local_epochs: int
+    batch_size: int
+    lr: float
+    proximal_mu: float = 0.0
+    momentum: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one round of local training did (steps feed the privacy accountant)."""
+
+    num_examples: int
+    mean_loss: float
+    steps: int
+
+
+def get_weights(model: nn.Module) -> list[np.ndarray]:
+    """Every entry of the model's state dict as NumPy arrays, in state-dict order."""
+    return [value.detach().cpu().numpy().copy() for value in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
+    """Load arrays produced by :func:`get_weights` (ValueError on a shape mismatch)."""
+    state = model.state_dict()
+    if len(weights) != len(state):
+        raise ValueError(f"expected {len(state)} weight arrays, received {len(weights)}")
+    new_state = {}
+    for (key, current), array in zip(state.items(), weights, strict=True):
+        if tuple(current.shape) != tuple(array.shape):
+            raise ValueError(
+                f"weight {key!r}: expected shape {tuple(current.shape)}, received {array.shape}"
+            )
+        new_state[key] = torch.as_tensor(np.asarray(array), dtype=current.dtype)
+    model.load_state_dict(new_state)
+
+
+def train_round(
+    pack: TaskPack,
+    model: nn.Module,
+    dataset: Dataset,
+    settings: TrainSettings,
+    device: torch.device,
+    wrap: LoopWrapper | None = None,
+) -> TrainResult:
+    """Train ``model`` in place for ``settings.local_epochs`` epochs on ``dataset``."""
+    torch.manual_seed(settings.seed)
+    model.to(device)
+    anchor = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu else []
+    generator = torch.Generator().manual_seed(settings.seed)
+    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
+    optimizer: Optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum
+    )
+    trained, optimizer, loader = wrap(model, optimizer, loader) if wrap else (model, optimizer, loader)
+    trained.train()
+    total_loss, batches, steps = 0.0, 0, 0
+    for _ in range(settings.local_epochs):
+        for inputs, targets in loader:
+            if len(inputs) == 0:  # Poisson sampling can draw an empty batch
+                optimizer.zero_grad(set_to_none=True)
+                optimizer.step()
+                steps += 1
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss = pack.loss(trained(inputs.to(device)), targets.to(device))
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if anchor:
+                with torch.no_grad():
+                    for param, start in zip(model.parameters(), anchor, strict=True):
+                        param.sub_(settings.lr * settings.proximal_mu * (param - start))
+            total_loss += float(loss.detach())
+            batches += 1
+    return TrainResult(
+        num_examples=len(dataset),  # type: ignore[arg-type]
+        mean_loss=total_loss / max(batches, 1),
+        steps=steps,
+    )
