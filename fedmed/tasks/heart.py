@@ -7,16 +7,22 @@ of heart disease (``num > 0``).
 
 Missing values. Two preprocessings are offered:
 
-- ``impute`` (default): each site replaces a missing value (``?``, or a 0 where 0 is
-  physiologically impossible: serum cholesterol, resting blood pressure) by the
-  mean of that feature in *its own training split*; features no patient of the
-  site has are set to 0 after standardisation. All 920 patients are kept.
+- ``impute`` (default): a missing value (``?``, or a 0 where 0 is physiologically
+  impossible: serum cholesterol, resting blood pressure) is replaced by the
+  feature's reference value and flagged in a per-feature missing-indicator input,
+  so the model can learn that "not measured" carries information (Switzerland
+  records no cholesterol at all; VA misses a quarter of several features). All
+  920 patients are kept.
 - ``flamby``: FLamby's choice — drop every row with a missing value (740 patients
-  remain; Switzerland keeps few) — for comparison with FLamby's published numbers.
+  remain) — for comparison with FLamby's published numbers.
 
-Each site standardises with its own training statistics (nothing leaves the
-site). Train/test is a stratified 2/3–1/3 split with a fixed seed independent of
-the training seed, so seeds vary training only.
+Scaling. Every site standardises with the same fixed data-dictionary constants
+(typical adult values and spreads, :data:`REFERENCE_MEAN` / :data:`REFERENCE_SCALE`),
+agreed as part of the federation's protocol like units are. No statistic of any
+site's data leaves the site, and all sites' inputs live on one scale, which a
+shared linear model needs (per-site z-scoring erases between-site differences
+that are predictive). Train/test is a stratified 2/3–1/3 split with a fixed seed
+independent of the training seed, so seeds vary training only.
 """
 
 from __future__ import annotations
@@ -47,6 +53,12 @@ COLUMNS = (
 FEATURES = COLUMNS[:-1]
 # A recorded 0 here means "not measured" (Switzerland stores every cholesterol as 0).
 ZERO_MEANS_MISSING = ("trestbps", "chol")
+# Data-dictionary scaling constants, in FEATURES order: typical adult values and spreads
+# (age in years, blood pressure in mm Hg, cholesterol in mg/dl, heart rate in bpm, ...).
+REFERENCE_MEAN = np.array([54, 0.5, 3, 130, 240, 0, 0.5, 140, 0.3, 1, 1.5, 0.5, 5], dtype=np.float64)
+REFERENCE_SCALE = np.array(
+    [9, 0.5, 1, 18, 50, 0.4, 0.8, 25, 0.5, 1.1, 0.6, 0.9, 1.9], dtype=np.float64
+)
 SPLIT_SEED = 42
 TEST_FRACTION = 1 / 3
 PREPROCESSINGS = ("impute", "flamby")
@@ -84,17 +96,12 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
     return is_test
 
 
-def standardise(train: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Impute NaN with train means, then z-score with train statistics (NaN columns → 0)."""
-    observed = ~np.isnan(train)
-    counts = observed.sum(axis=0)
-    sums = np.where(observed, train, 0.0).sum(axis=0)
-    means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
-    train = np.where(np.isnan(train), means, train)
-    other = np.where(np.isnan(other), means, other)
-    stds = train.std(axis=0)
-    stds = np.where(stds < 1e-8, 1.0, stds)
-    return (train - means) / stds, (other - means) / stds
+def encode_features(features: np.ndarray) -> np.ndarray:
+    """Reference-scaled features (missing → reference value) followed by missing indicators."""
+    missing = np.isnan(features)
+    filled = np.where(missing, REFERENCE_MEAN, features)
+    scaled = (filled - REFERENCE_MEAN) / REFERENCE_SCALE
+    return np.hstack([scaled, missing.astype(np.float64)]).astype(np.float32)
 
 
 def site_arrays(
@@ -113,8 +120,8 @@ def site_arrays(
     features = table[FEATURES].to_numpy(dtype=np.float64)
     labels = (table["num"].to_numpy() > 0).astype(np.float32)
     is_test = stratified_split(labels, TEST_FRACTION, SPLIT_SEED)
-    x_train, x_test = standardise(features[~is_test], features[is_test])
-    return x_train.astype(np.float32), labels[~is_test], x_test.astype(np.float32), labels[is_test]
+    encoded = encode_features(features)
+    return encoded[~is_test], labels[~is_test], encoded[is_test], labels[is_test]
 
 
 @register_task("heart")
@@ -152,7 +159,7 @@ class HeartTask(TaskPack):
         )
 
     def build_model(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(len(FEATURES), 1), nn.Flatten(0))
+        return nn.Sequential(nn.Linear(2 * len(FEATURES), 1), nn.Flatten(0))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(outputs, targets.float())

@@ -1,0 +1,48 @@
+"""One hospital site: its data, its local training and its evaluation.
+
+This is the part of the node that knows nothing of Flower's messages: the
+ClientApp (``fedmed.clients.app``) turns coordinator instructions into calls here.
+Keeping it separate lets the baselines and tests drive a site directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedmed.device import pick_device
+from fedmed.tasks import SiteData, TaskPack, get_task
+from fedmed.training import TrainResult, TrainSettings, get_weights, set_weights, train_round
+
+
+@dataclass
+class HospitalSite:
+    """A site's task pack, data splits and model, on this node's device."""
+
+    name: str
+    pack: TaskPack
+    data: SiteData
+    device: torch.device
+
+    @classmethod
+    def open(cls, task: str, site: str, data_dir: str | Path | None, seed: int) -> HospitalSite:
+        """Load ``site``'s data for ``task`` (DataError / ConfigError on bad input)."""
+        pack = get_task(task)
+        data = pack.load_site(site, Path(data_dir) if data_dir else None, seed)
+        return cls(name=site, pack=pack, data=data, device=pick_device())
+
+    def train(self, weights: list[np.ndarray], settings: TrainSettings) -> tuple[list[np.ndarray], TrainResult]:
+        """Start from ``weights``, train one round locally, return the new weights."""
+        model = self.pack.build_model()
+        set_weights(model, weights)
+        result = train_round(self.pack, model, self.data.train, settings, self.device)
+        return get_weights(model), result
+
+    def evaluate(self, weights: list[np.ndarray]) -> dict[str, float]:
+        """The pack's metrics of ``weights`` on this site's test split."""
+        model = self.pack.build_model()
+        set_weights(model, weights)
+        return self.pack.evaluate(model.to(self.device), self.data.test, self.device)

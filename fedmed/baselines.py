@@ -1,0 +1,90 @@
+"""Local-only and pooled baselines on exactly the splits the federation uses.
+
+FLamby's protocol: a model trained on one site's training split only ("local"),
+and one trained on the union of all training splits ("pooled", the upper bound a
+federation tries to reach without moving data), each evaluated on every site's
+test split. Both get the same total number of local epochs as the federation
+(rounds × local epochs) and the same optimiser settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from fedmed.device import pick_device
+from fedmed.outputs import mean_over_sites
+from fedmed.tasks import SiteData, TaskPack
+from fedmed.training import TrainSettings, train_round
+
+Scores = dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """``scores[trained_on][tested_on][metric]``; ``trained_on`` is a site or ``pooled``."""
+
+    scores: dict[str, Scores]
+
+    def mean(self, trained_on: str) -> dict[str, float]:
+        return mean_over_sites(self.scores[trained_on])
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            name: {"per_site": per_site, "mean": mean_over_sites(per_site)}
+            for name, per_site in self.scores.items()
+        }
+
+
+def evaluate_everywhere(
+    pack: TaskPack, model: torch.nn.Module, sites: Mapping[str, SiteData], device: torch.device
+) -> Scores:
+    """The model's metrics on every site's test split."""
+    return {name: pack.evaluate(model, data.test, device) for name, data in sites.items()}
+
+
+def train_model(
+    pack: TaskPack, datasets: list[torch.utils.data.Dataset], epochs: int, settings: TrainSettings
+) -> torch.nn.Module:
+    """A fresh model trained centrally on the concatenation of ``datasets``."""
+    torch.manual_seed(settings.seed)
+    model = pack.build_model()
+    train_round(
+        pack,
+        model,
+        ConcatDataset(datasets),
+        TrainSettings(
+            local_epochs=epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            seed=settings.seed,
+        ),
+        pick_device(),
+    )
+    return model
+
+
+def run_baselines(
+    pack: TaskPack,
+    site_names: list[str],
+    data_dir: Path | None,
+    epochs: int,
+    settings: TrainSettings,
+    include_local: bool = True,
+) -> BaselineResult:
+    """Local-only per site (if ``include_local``) and pooled, each tested on every site."""
+    sites = {name: pack.load_site(name, data_dir, settings.seed) for name in site_names}
+    device = pick_device()
+    scores: dict[str, Scores] = {}
+    if include_local:
+        for name, data in sites.items():
+            model = train_model(pack, [data.train], epochs, settings)
+            scores[name] = evaluate_everywhere(pack, model, sites, device)
+    pooled = train_model(pack, [d.train for d in sites.values()], epochs, settings)
+    scores["pooled"] = evaluate_everywhere(pack, pooled, sites, device)
+    return BaselineResult(scores=scores)

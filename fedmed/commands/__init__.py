@@ -1,0 +1,1 @@
+"""The ``fedmed`` sub-commands, one module each; every module exposes ``register(subparsers)``."""

@@ -1,0 +1,128 @@
+"""A federation's settings: one typed object built from Flower's run config.
+
+A federation folder (``examples/<name>/pyproject.toml``) holds its settings under
+``[tool.flwr.app.config]``; Flower hands them to the ServerApp and ClientApp as
+``context.run_config`` (keys with dashes). ``fedmed run`` may override any of them
+from the command line. Both the coordinator and the node parse the same mapping
+with :meth:`FederationConfig.from_run_config`, so they can never disagree on a
+default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedmed.errors import ConfigError
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedtrimmedavg", "fedmedian")
+ConfigValue = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Everything one federated run needs. Zero/empty values mean "the task pack's default"."""
+
+    federation: str = "heart"
+    task: str = "heart"
+    sites: str = ""
+    num_server_rounds: int = 20
+    strategy: str = "fedavg"
+    local_epochs: int = 0
+    batch_size: int = 0
+    lr: float = 0.0
+    momentum: float = 0.0
+    proximal_mu: float = 0.01
+    server_lr: float = 0.1
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_nodes: int = 2
+    seed: int = 0
+    data_dir: str = ""
+    run_dir: str = ""
+    sites_home: str = ""
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
+        """Parse Flower's run config (dash-separated keys); ConfigError on unknown keys or types."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for raw_key, value in run_config.items():
+            key = raw_key.replace("-", "_")
+            if key not in known:
+                raise ConfigError(
+                    f"unknown federation setting {raw_key!r}; known: "
+                    + ", ".join(sorted(k.replace("_", "-") for k in known))
+                )
+            values[key] = _coerce(raw_key, value, type(getattr(cls(), key)))
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid value."""
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"
+            )
+        if self.num_server_rounds < 1:
+            raise ConfigError(f"num-server-rounds must be >= 1, got {self.num_server_rounds}")
+        for name in ("fraction_train", "fraction_evaluate"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"{name.replace('_', '-')} must be in (0, 1], got {value}")
+        if self.min_nodes < 1:
+            raise ConfigError(f"min-nodes must be >= 1, got {self.min_nodes}")
+
+    def site_list(self, default_sites: list[str]) -> list[str]:
+        """The federation's sites in node order (``sites`` setting, else the pack's)."""
+        sites = [s.strip() for s in self.sites.split(",") if s.strip()] or list(default_sites)
+        if len(set(sites)) != len(sites):
+            raise ConfigError(f"sites listed twice in {self.sites!r}")
+        return sites
+
+    def to_run_config(self) -> dict[str, ConfigValue]:
+        """Back to Flower's dash-separated run config."""
+        return {key.replace("_", "-"): value for key, value in asdict(self).items()}
+
+
+def _coerce(key: str, value: Any, expected: type) -> Any:
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif expected is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    elif expected is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif expected is str and isinstance(value, str):
+        return value
+    elif isinstance(value, str):
+        try:
+            return expected(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"setting {key!r}: expected {expected.__name__}, got {value!r}")
+
+
+def load_federation(folder: Path) -> dict[str, ConfigValue]:
+    """Read ``[tool.flwr.app.config]`` of a federation folder (a Flower app folder)."""
+    pyproject = Path(folder) / "pyproject.toml"
+    if not Path(folder).is_dir():
+        raise ConfigError(f"{folder}: federation folder not found")
+    if not pyproject.is_file():
+        raise ConfigError(f"{pyproject}: not found (a federation folder is a Flower app folder)")
+    try:
+        document = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{pyproject}: invalid TOML ({exc})") from None
+    try:
+        config = dict(document["tool"]["flwr"]["app"]["config"])
+    except KeyError:
+        raise ConfigError(f"{pyproject}: no [tool.flwr.app.config] section") from None
+    config.setdefault("federation", Path(folder).resolve().name)
+    return config

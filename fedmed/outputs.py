@@ -1,0 +1,118 @@
+"""The run directory: what a finished (or interrupted) run leaves behind.
+
+Layout: ``metrics.json`` (rewritten after every round, so an interrupted run
+loses nothing already measured), ``checkpoints/round-NNN.npz`` (global weights
+after each round), ``model.pt`` (final global model, a state dict),
+``plots/*.png``. Keys other tools read (DESIGN.md §3): ``final.per_site.<site>.<metric>``,
+``final.mean.<metric>``, ``privacy.<site>.epsilon|delta``, ``rounds[]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHECKPOINTS_KEPT = 3
+
+
+def mean_over_sites(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Unweighted mean of each metric over sites (FLamby's convention), NaN ignored."""
+    metrics = sorted({m for scores in per_site.values() for m in scores})
+    means: dict[str, float] = {}
+    for metric in metrics:
+        values = [float(s[metric]) for s in per_site.values() if metric in s]
+        finite = [v for v in values if not math.isnan(v)]
+        means[metric] = sum(finite) / len(finite) if finite else float("nan")
+    return means
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become null: strict JSON readers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
+    """Write JSON through a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(document), indent=2, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunDirectory:
+    """Accumulates a run's metrics and writes them to ``root`` as they arrive."""
+
+    def __init__(self, root: Path, header: Mapping[str, Any]) -> None:
+        self.root = Path(root)
+        (self.root / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.document: dict[str, Any] = {
+            **header,
+            "rounds": [],
+            "final": {"per_site": {}, "mean": {}},
+            "privacy": {},
+        }
+        self.flush()
+
+    def _round(self, server_round: int) -> dict[str, Any]:
+        for entry in self.document["rounds"]:
+            if entry["round"] == server_round:
+                return entry
+        entry = {"round": server_round, "per_site": {}, "mean": {}, "fit": {}, "events": []}
+        self.document["rounds"].append(entry)
+        return entry
+
+    def record_fit(self, server_round: int, per_site: Mapping[str, Mapping[str, Any]]) -> None:
+        self._round(server_round)["fit"] = dict(per_site)
+        self.flush()
+
+    def record_event(self, server_round: int, event: Mapping[str, Any]) -> None:
+        """A failure, refusal or rejected update, kept beside the round's metrics."""
+        self._round(server_round)["events"].append(dict(event))
+        self.flush()
+
+    def record_evaluation(
+        self, server_round: int, per_site: Mapping[str, Mapping[str, float]]
+    ) -> dict[str, float]:
+        entry = self._round(server_round)
+        entry["per_site"] = {site: dict(scores) for site, scores in per_site.items()}
+        entry["mean"] = mean_over_sites(per_site)
+        self.document["final"] = {"per_site": entry["per_site"], "mean": entry["mean"]}
+        self.flush()
+        return entry["mean"]
+
+    def record_privacy(self, site: str, summary: Mapping[str, Any]) -> None:
+        self.document["privacy"][site] = dict(summary)
+        self.flush()
+
+    def save_checkpoint(self, server_round: int, weights: Sequence[np.ndarray]) -> Path:
+        """Global weights after ``server_round``; older checkpoints beyond the last 3 are pruned."""
+        folder = self.root / "checkpoints"
+        path = folder / f"round-{server_round:04d}.npz"
+        tmp = folder / f".round-{server_round:04d}.tmp.npz"
+        np.savez(tmp, *weights)
+        os.replace(tmp, path)
+        for old in sorted(folder.glob("round-*.npz"))[:-CHECKPOINTS_KEPT]:
+            old.unlink()
+        return path
+
+    def flush(self) -> None:
+        write_json_atomic(self.root / "metrics.json", self.document)
+
+
+def load_checkpoint(path: Path) -> list[np.ndarray]:
+    """Weights saved by :meth:`RunDirectory.save_checkpoint`, in order."""
+    with np.load(path) as archive:
+        return [archive[f"arr_{i}"] for i in range(len(archive.files))]

@@ -1,0 +1,65 @@
+"""Run a federation embedded, on Flower's Simulation Engine (Ray backend).
+
+No service has to be running: ``flwr.simulation.run_simulation`` starts the
+in-memory SuperLink and the Ray backend inside this process and stops both when
+the ServerApp returns. Each simulated node is one site; it gets one CPU. Ray's
+temporary files and Flower's home live in the fedmed state folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from fedmed.config import FederationConfig
+from fedmed.state import prepare_flower_environment, state_dir
+from fedmed.tasks import get_task
+
+
+def run_simulation(config: FederationConfig) -> Path:
+    """Run ``config`` with one simulated node per site; return the run directory."""
+    prepare_flower_environment()
+    from flwr.simulation import run_simulation as flower_run_simulation
+
+    from fedmed.clients.app import make_client_app
+    from fedmed.server.app import default_run_dir, make_server_app
+
+    sites = config.site_list(get_task(config.task).site_names())
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    overrides: dict[str, Any] = {**config.to_run_config(), "run-dir": str(run_dir.resolve())}
+    cpus = max(1, min(len(sites), os.cpu_count() or 1))
+    backend_config: dict[str, Any] = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": cpus,
+            "_temp_dir": str(state_dir("ray")),
+            "include_dashboard": False,
+            "logging_level": logging.ERROR,
+            "log_to_driver": True,
+        },
+    }
+    with _quiet_flower():
+        flower_run_simulation(
+            server_app=make_server_app(overrides),
+            client_app=make_client_app(overrides),
+            num_supernodes=len(sites),
+            backend_config=backend_config,
+        )
+    if not (run_dir / "metrics.json").is_file():
+        raise RuntimeError(f"the simulation ended without writing {run_dir / 'metrics.json'}")
+    return run_dir
+
+
+@contextlib.contextmanager
+def _quiet_flower():  # noqa: ANN202
+    """Flower logs every message at INFO; the coordinator prints its own progress."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,1 @@
+"""The coordinator: Flower ServerApp glue, strategies, checkpoints, per-site records."""

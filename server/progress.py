@@ -1,0 +1,48 @@
+"""Live progress on the coordinator's console: one line per round with every site's score."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True, highlight=False)
+
+
+def round_line(
+    server_round: int,
+    num_rounds: int,
+    metric: str,
+    per_site: Mapping[str, Mapping[str, float]],
+    mean: Mapping[str, float],
+) -> None:
+    """Print ``round r/N  site metric ...  mean metric``."""
+    scores = "  ".join(
+        f"{site} [bold]{scores.get(metric, float('nan')):.3f}[/bold]"
+        for site, scores in sorted(per_site.items())
+    )
+    console.print(
+        f"[cyan]round {server_round}/{num_rounds}[/cyan]  {metric}: {scores}  "
+        f"[green]mean {mean.get(metric, float('nan')):.3f}[/green]"
+    )
+
+
+def note(message: str) -> None:
+    """A warning the operator should see (refusals, failures, rejected updates)."""
+    console.print(f"[yellow]{message}[/yellow]")
+
+
+def results_table(
+    title: str, per_site: Mapping[str, Mapping[str, float]], mean: Mapping[str, float]
+) -> Table:
+    """Per-site results with the mean as the last row."""
+    metrics = sorted({m for scores in per_site.values() for m in scores})
+    table = Table(title=title)
+    table.add_column("site")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for site, scores in sorted(per_site.items()):
+        table.add_row(site, *(f"{scores.get(m, float('nan')):.3f}" for m in metrics))
+    table.add_row("[bold]mean[/bold]", *(f"[bold]{mean.get(m, float('nan')):.3f}[/bold]" for m in metrics))
+    return table
