@@ -13,8 +13,10 @@ Missing values. Two preprocessings are offered:
   so the model can learn that "not measured" carries information (Switzerland
   records no cholesterol at all; VA misses a quarter of several features). All
   920 patients are kept.
-- ``flamby``: FLamby's choice — drop every row with a missing value (740 patients
-  remain) — for comparison with FLamby's published numbers.
+- ``flamby``: FLamby's choice, for comparison with its published numbers — drop
+  the three sparsest columns (slope, ca, thal) and then every row with a ``?``
+  (740 patients remain). The dropped columns are kept as constant "missing"
+  inputs so the model's shape does not change.
 
 Scaling. Every site standardises with the same fixed data-dictionary constants
 (typical adult values and spreads, :data:`REFERENCE_MEAN` / :data:`REFERENCE_SCALE`),
@@ -59,6 +61,7 @@ REFERENCE_MEAN = np.array([54, 0.5, 3, 130, 240, 0, 0.5, 140, 0.3, 1, 1.5, 0.5, 
 REFERENCE_SCALE = np.array(
     [9, 0.5, 1, 18, 50, 0.4, 0.8, 25, 0.5, 1.1, 0.6, 0.9, 1.9], dtype=np.float64
 )
+FLAMBY_DROPPED = ("slope", "ca", "thal")
 SPLIT_SEED = 42
 TEST_FRACTION = 1 / 3
 PREPROCESSINGS = ("impute", "flamby")
@@ -113,10 +116,12 @@ def site_arrays(
             f"unknown heart preprocessing {preprocessing!r}; expected one of {PREPROCESSINGS}"
         )
     table = table.copy()
-    for column in ZERO_MEANS_MISSING:
-        table.loc[table[column] == 0, column] = np.nan
     if preprocessing == "flamby":
-        table = table.dropna()
+        table[list(FLAMBY_DROPPED)] = np.nan
+        table = table.dropna(subset=[c for c in COLUMNS if c not in FLAMBY_DROPPED])
+    else:
+        for column in ZERO_MEANS_MISSING:
+            table.loc[table[column] == 0, column] = np.nan
     features = table[FEATURES].to_numpy(dtype=np.float64)
     labels = (table["num"].to_numpy() > 0).astype(np.float32)
     is_test = stratified_split(labels, TEST_FRACTION, SPLIT_SEED)

@@ -1,0 +1,38 @@
+"""Packaging per DESIGN.md §2: clients/ server/ deid/ import only under fedmed."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+
+def test_generic_top_level_names_are_not_importable(tmp_path: Path) -> None:
+    for name in ("server", "clients", "deid"):
+        proc = subprocess.run(
+            [sys.executable, "-c", f"import {name}"],
+            cwd=tmp_path, capture_output=True, text=True, check=False,
+        )
+        assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, name
+
+
+def test_folders_install_under_fedmed(repo: Path) -> None:
+    import fedmed.clients
+    import fedmed.server
+
+    assert Path(fedmed.server.__file__).parent == repo / "server"
+    assert Path(fedmed.clients.__file__).parent == repo / "clients"
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in Path(__file__).resolve().parents[1].glob("examples/*/pyproject.toml")))
+def test_federation_folders_name_installed_components(repo: Path, folder: str) -> None:
+    document = tomllib.loads((repo / "examples" / folder / "pyproject.toml").read_text())
+    components = document["tool"]["flwr"]["app"]["components"]
+    for reference in components.values():
+        module, _, attribute = reference.partition(":")
+        assert module.startswith("fedmed."), reference
+        assert getattr(importlib.import_module(module), attribute) is not None
