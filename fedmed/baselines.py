@@ -75,16 +75,23 @@ def run_baselines(
     data_dir: Path | None,
     epochs: int,
     settings: TrainSettings,
-    include_local: bool = True,
+    test_site_names: list[str] | None = None,
 ) -> BaselineResult:
-    """Local-only per site (if ``include_local``) and pooled, each tested on every site."""
+    """Local-only per site and pooled, trained on ``site_names``.
+
+    Each model is tested on every site of ``test_site_names`` (default: the training
+    sites; leave-one-site-out passes the held-out site instead).
+    """
     sites = {name: pack.load_site(name, data_dir, settings.seed) for name in site_names}
+    tests = {
+        name: sites.get(name) or pack.load_site(name, data_dir, settings.seed)
+        for name in (test_site_names or site_names)
+    }
     device = pick_device()
     scores: dict[str, Scores] = {}
-    if include_local:
-        for name, data in sites.items():
-            model = train_model(pack, [data.train], epochs, settings)
-            scores[name] = evaluate_everywhere(pack, model, sites, device)
+    for name, data in sites.items():
+        model = train_model(pack, [data.train], epochs, settings)
+        scores[name] = evaluate_everywhere(pack, model, tests, device)
     pooled = train_model(pack, [d.train for d in sites.values()], epochs, settings)
-    scores["pooled"] = evaluate_everywhere(pack, pooled, sites, device)
+    scores["pooled"] = evaluate_everywhere(pack, pooled, tests, device)
     return BaselineResult(scores=scores)

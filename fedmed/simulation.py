@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +54,25 @@ def run_simulation(config: FederationConfig) -> Path:
     return run_dir
 
 
+class _DropDeprecationNotice(logging.Filter):
+    """Flower 1.42 marks the Python ``run_simulation`` entry point deprecated in favour of
+    ``flwr run``; fedmed keeps it for the embedded default (no SuperLink daemon to stop)
+    and says so in the README, so the notice is not repeated on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in record.getMessage()
+
+
 @contextlib.contextmanager
-def _quiet_flower():  # noqa: ANN202
+def _quiet_flower() -> Iterator[None]:
     """Flower logs every message at INFO; the coordinator prints its own progress."""
     logger = logging.getLogger("flwr")
     level = logger.level
+    notice_filter = _DropDeprecationNotice()
     logger.setLevel(logging.WARNING)
+    logger.addFilter(notice_filter)
     try:
         yield
     finally:
         logger.setLevel(level)
+        logger.removeFilter(notice_filter)

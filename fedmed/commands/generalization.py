@@ -1,0 +1,50 @@
+"""``fedmed generalization``: the FLamby-style cross-site table for one federation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from fedmed.commands.run import add_run_options, federation_config
+from fedmed.generalization import study, summarise, to_markdown
+from fedmed.outputs import write_json_atomic
+from fedmed.state import state_dir
+from fedmed.tasks import get_task
+
+console = Console()
+
+
+def cmd_generalization(args: argparse.Namespace) -> int:
+    config = federation_config(args.federation, args)
+    pack = get_task(config.task)
+    out = args.out.resolve() if args.out else state_dir("studies") / config.federation
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = range(config.seed, config.seed + args.seeds)
+    raw = study(config, seeds, args.strategies.split(","), out)
+    markdown = "".join(
+        to_markdown(summarise(raw, metric), config.federation) + "\n" for metric in pack.metrics
+    )
+    write_json_atomic(out / "generalization.json", raw)
+    (out / "generalization.md").write_text(markdown, encoding="utf-8")
+    console.print(markdown)
+    console.print(f"written: {out / 'generalization.md'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generalization",
+        help="local vs pooled vs federated on every site, plus leave-one-site-out",
+        description="Train local-only, pooled and federated models (one federation per "
+        "strategy) for several seeds, score each on every site's test split, then repeat "
+        "leaving each site out; write generalization.md/.json to --out.",
+    )
+    parser.add_argument("federation", type=Path, help="federation folder, e.g. examples/heart")
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
+    parser.add_argument(
+        "--strategies", default="fedavg,fedprox,fedadam", help="comma-separated strategies"
+    )
+    add_run_options(parser)
+    parser.set_defaults(func=cmd_generalization)

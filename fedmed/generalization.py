@@ -1,0 +1,165 @@
+"""Cross-institution generalization study (FLamby-style), on the real Simulation Engine.
+
+For each seed: local-only models (one per site), a pooled model, and one
+federation per strategy, each scored on every site's test split; then
+leave-one-site-out: the federation, the pooled model and the local models are
+trained without one site and scored on that site's test split. Means and
+standard deviations over seeds go into a JSON document and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmed.baselines import run_baselines
+from fedmed.config import FederationConfig
+from fedmed.device import pick_device
+from fedmed.simulation import run_simulation
+from fedmed.tasks import SiteData, TaskPack, get_task
+from fedmed.training import TrainSettings
+
+Scores = dict[str, dict[str, float]]
+
+
+def local_settings(config: FederationConfig, pack: TaskPack, seed: int) -> TrainSettings:
+    return TrainSettings(
+        local_epochs=config.local_epochs or pack.default_local_epochs,
+        batch_size=config.batch_size or pack.default_batch_size,
+        lr=config.lr or pack.default_lr,
+        momentum=config.momentum,
+        seed=seed,
+    )
+
+
+def federated_scores(config: FederationConfig, run_dir: Path) -> tuple[Scores, Path]:
+    """Run one federation; its final per-site scores and its run directory."""
+    run_simulation(replace(config, run_dir=str(run_dir)))
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    return metrics["final"]["per_site"], run_dir
+
+
+def held_out_score(pack: TaskPack, run_dir: Path, held_out: SiteData) -> dict[str, float]:
+    """The federation's final model scored on a site it never saw."""
+    model = pack.build_model()
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu"))
+    device = pick_device()
+    return pack.evaluate(model.to(device), held_out.test, device)
+
+
+def study(
+    config: FederationConfig, seeds: Iterable[int], strategies: Iterable[str], out: Path
+) -> dict[str, Any]:
+    """Run the whole study; raw per-seed scores, keyed by regime."""
+    pack = get_task(config.task)
+    data_dir = Path(config.data_dir) if config.data_dir else None
+    sites = config.site_list(pack.site_names(data_dir))
+    epochs = config.num_server_rounds * (config.local_epochs or pack.default_local_epochs)
+    raw: dict[str, Any] = {"all_sites": {}, "leave_one_out": {}}
+    for seed in seeds:
+        seeded = replace(config, seed=seed)
+        baseline = run_baselines(pack, sites, data_dir, epochs, local_settings(config, pack, seed))
+        runs: dict[str, Scores] = {f"local {s}": baseline.scores[s] for s in sites}
+        runs["pooled"] = baseline.scores["pooled"]
+        for strategy in strategies:
+            scores, _ = federated_scores(
+                replace(seeded, strategy=strategy), out / "runs" / f"{strategy}-seed{seed}"
+            )
+            runs[strategy] = scores
+        raw["all_sites"][str(seed)] = runs
+        raw["leave_one_out"][str(seed)] = leave_one_out(seeded, pack, sites, data_dir, epochs, out)
+    return raw
+
+
+def leave_one_out(
+    config: FederationConfig,
+    pack: TaskPack,
+    sites: list[str],
+    data_dir: Path | None,
+    epochs: int,
+    out: Path,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """For each held-out site: FedAvg, pooled and local-only models trained without it."""
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for held in sites:
+        others = [s for s in sites if s != held]
+        baseline = run_baselines(
+            pack, others, data_dir, epochs, local_settings(config, pack, config.seed), [held]
+        )
+        local_scores = [baseline.scores[s][held] for s in others]
+        _, run_dir = federated_scores(
+            replace(config, strategy="fedavg", sites=",".join(others)),
+            out / "runs" / f"loso-{held}-seed{config.seed}",
+        )
+        result[held] = {
+            "fedavg": held_out_score(pack, run_dir, pack.load_site(held, data_dir, config.seed)),
+            "pooled": baseline.scores["pooled"][held],
+            "local-mean": {
+                m: statistics.fmean(s[m] for s in local_scores) for m in local_scores[0]
+            },
+        }
+    return result
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(raw: dict[str, Any], metric: str) -> dict[str, Any]:
+    """Mean and std over seeds of ``metric`` for every regime × test site (+ mean over sites)."""
+    seeds = sorted(raw["all_sites"])
+    regimes = list(raw["all_sites"][seeds[0]])
+    sites = list(raw["all_sites"][seeds[0]]["pooled"])
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for regime in regimes:
+        row = {
+            site: _mean_std([raw["all_sites"][s][regime][site][metric] for s in seeds])
+            for site in sites
+        }
+        row["mean"] = _mean_std(
+            [statistics.fmean(raw["all_sites"][s][regime][x][metric] for x in sites) for s in seeds]
+        )
+        table[regime] = row
+    held_out = {
+        held: {
+            regime: _mean_std([raw["leave_one_out"][s][held][regime][metric] for s in seeds])
+            for regime in raw["leave_one_out"][seeds[0]][held]
+        }
+        for held in raw["leave_one_out"][seeds[0]]
+    }
+    return {"metric": metric, "seeds": len(seeds), "sites": sites, "table": table,
+            "leave_one_out": held_out}
+
+
+def _cell(value: tuple[float, float]) -> str:
+    return f"{value[0]:.3f} ± {value[1]:.3f}"
+
+
+def to_markdown(summary: dict[str, Any], title: str) -> str:
+    """Two Markdown tables: every regime on every site's test split, and leave-one-site-out."""
+    sites, metric = summary["sites"], summary["metric"]
+    lines = [
+        f"### {title}: {metric}, mean ± std over {summary['seeds']} seeds",
+        "",
+        "| trained on | " + " | ".join(sites) + " | mean over sites |",
+        "|---|" + "---:|" * (len(sites) + 1),
+    ]
+    for regime, row in summary["table"].items():
+        lines.append(f"| {regime} | " + " | ".join(_cell(row[s]) for s in [*sites, "mean"]) + " |")
+    regimes = list(next(iter(summary["leave_one_out"].values())))
+    lines += [
+        "",
+        f"Leave-one-site-out ({metric} on the held-out site's test split; trained on the others):",
+        "",
+        "| held-out site | " + " | ".join(regimes) + " |",
+        "|---|" + "---:|" * len(regimes),
+    ]
+    for held, row in summary["leave_one_out"].items():
+        lines.append(f"| {held} | " + " | ".join(_cell(row[r]) for r in regimes) + " |")
+    return "\n".join(lines) + "\n"
