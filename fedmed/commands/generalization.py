@@ -28,7 +28,7 @@ def cmd_generalization(args: argparse.Namespace) -> int:
     )
     write_json_atomic(out / "generalization.json", raw)
     (out / "generalization.md").write_text(markdown, encoding="utf-8")
-    console.print(markdown)
+    print(markdown)
     console.print(f"written: {out / 'generalization.md'}")
     return 0
 
