@@ -133,8 +133,13 @@ def summarise(raw: dict[str, Any], metric: str) -> dict[str, Any]:
         }
         for held in raw["leave_one_out"][seeds[0]]
     }
-    return {"metric": metric, "seeds": len(seeds), "sites": sites, "table": table,
-            "leave_one_out": held_out}
+    return {
+        "metric": metric,
+        "seeds": len(seeds),
+        "sites": sites,
+        "table": table,
+        "leave_one_out": held_out,
+    }
 
 
 def _cell(value: tuple[float, float]) -> str:

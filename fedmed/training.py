@@ -21,9 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from fedmed.tasks.base import TaskPack
 
 # Wraps (model, optimizer, loader) before training, e.g. Opacus's make_private.
-LoopWrapper = Callable[
-    [nn.Module, Optimizer, DataLoader], tuple[nn.Module, Optimizer, DataLoader]
-]
+LoopWrapper = Callable[[nn.Module, Optimizer, DataLoader], tuple[nn.Module, Optimizer, DataLoader]]
 
 
 @dataclass(frozen=True)
@@ -78,14 +76,16 @@ def train_round(
     """Train ``model`` in place for ``settings.local_epochs`` epochs on ``dataset``."""
     torch.manual_seed(settings.seed)
     model.to(device)
+    model.train()  # before any wrapper: Opacus's make_private rejects a model in eval mode
     anchor = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu else []
     generator = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer: Optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum
     )
-    trained, optimizer, loader = wrap(model, optimizer, loader) if wrap else (model, optimizer, loader)
-    trained.train()
+    trained, optimizer, loader = (
+        wrap(model, optimizer, loader) if wrap else (model, optimizer, loader)
+    )
     total_loss, batches, steps = 0.0, 0, 0
     for _ in range(settings.local_epochs):
         for inputs, targets in loader:

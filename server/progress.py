@@ -44,5 +44,7 @@ def results_table(
         table.add_column(metric, justify="right")
     for site, scores in sorted(per_site.items()):
         table.add_row(site, *(f"{scores.get(m, float('nan')):.3f}" for m in metrics))
-    table.add_row("[bold]mean[/bold]", *(f"[bold]{mean.get(m, float('nan')):.3f}[/bold]" for m in metrics))
+    table.add_row(
+        "[bold]mean[/bold]", *(f"[bold]{mean.get(m, float('nan')):.3f}[/bold]" for m in metrics)
+    )
     return table

@@ -10,7 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_state(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """Point FEDMED_STATE (Flower home, Ray temp, site homes, runs) at a fresh folder."""
     state = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("FEDMED_STATE", str(state))

@@ -52,7 +52,9 @@ def test_malformed_federation_file_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.flwr.app.config\n")
     proc = subprocess.run(
         [sys.executable, "-m", "fedmed.cli", "run", str(tmp_path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert str(tmp_path / "pyproject.toml") in proc.stderr and "invalid TOML" in proc.stderr
@@ -62,7 +64,10 @@ def test_baseline_reports_local_and_pooled(repo: Path, tmp_path: Path) -> None:
     import json
 
     out = tmp_path / "baseline"
-    assert main(["baseline", str(repo / "examples" / "heart"), "--rounds", "5", "--out", str(out)]) == 0
+    assert (
+        main(["baseline", str(repo / "examples" / "heart"), "--rounds", "5", "--out", str(out)])
+        == 0
+    )
     result = json.loads((out / "baseline.json").read_text())
     assert set(result) >= {"cleveland", "hungary", "switzerland", "va", "pooled"}
     assert set(result["pooled"]["per_site"]) == {"cleveland", "hungary", "switzerland", "va"}

@@ -22,8 +22,16 @@ def test_heart_federation_writes_a_complete_run_directory(
 ) -> None:
     out = tmp_path / "run"
     code = main(
-        ["run", str(repo / "examples" / "heart"), "--rounds", str(rounds),
-         "--strategy", strategy, "--out", str(out)]
+        [
+            "run",
+            str(repo / "examples" / "heart"),
+            "--rounds",
+            str(rounds),
+            "--strategy",
+            strategy,
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -37,7 +45,9 @@ def test_heart_federation_writes_a_complete_run_directory(
     assert mean == pytest.approx(sum(per_site) / len(per_site))
     assert mean > 0.6  # a few rounds already beat the majority class at most sites
     assert {p.name for p in (out / "plots").glob("*.png")} >= {
-        "accuracy_per_round.png", "auc_per_round.png", "final_per_site.png"
+        "accuracy_per_round.png",
+        "auc_per_round.png",
+        "final_per_site.png",
     }
     # The final model is the last round's checkpoint, and it loads into the pack's model.
     pack = get_task("heart")

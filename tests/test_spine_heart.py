@@ -43,7 +43,8 @@ def test_flamby_preprocessing_drops_rows_with_missing_values() -> None:
     from fedmed.tasks.heart import HeartTask
 
     pack = HeartTask(preprocessing="flamby")
-    total = sum(len(d.train) + len(d.test) for d in map(lambda s: pack.load_site(s, None, 0), SITE_FILES))
+    splits = [pack.load_site(site, None, 0) for site in SITE_FILES]
+    total = sum(len(d.train) + len(d.test) for d in splits)
     assert total == 740  # FLamby's Fed-Heart-Disease size
     with pytest.raises(ConfigError, match="preprocessing"):
         HeartTask(preprocessing="median")

@@ -15,7 +15,10 @@ def test_generic_top_level_names_are_not_importable(tmp_path: Path) -> None:
     for name in ("server", "clients", "deid"):
         proc = subprocess.run(
             [sys.executable, "-c", f"import {name}"],
-            cwd=tmp_path, capture_output=True, text=True, check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, name
 
@@ -28,7 +31,12 @@ def test_folders_install_under_fedmed(repo: Path) -> None:
     assert Path(fedmed.clients.__file__).parent == repo / "clients"
 
 
-@pytest.mark.parametrize("folder", sorted(p.parent.name for p in Path(__file__).resolve().parents[1].glob("examples/*/pyproject.toml")))
+FEDERATIONS = sorted(
+    p.parent.name for p in Path(__file__).resolve().parents[1].glob("examples/*/pyproject.toml")
+)
+
+
+@pytest.mark.parametrize("folder", FEDERATIONS)
 def test_federation_folders_name_installed_components(repo: Path, folder: str) -> None:
     document = tomllib.loads((repo / "examples" / folder / "pyproject.toml").read_text())
     components = document["tool"]["flwr"]["app"]["components"]

@@ -33,10 +33,16 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     result = run_baselines(
         pack, sites, data_dir, config.num_server_rounds * settings.local_epochs, settings
     )
-    out = Path(config.run_dir) if config.run_dir else state_dir("runs") / f"{config.federation}-baseline"
+    out = (
+        Path(config.run_dir)
+        if config.run_dir
+        else state_dir("runs") / f"{config.federation}-baseline"
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "baseline.json", {"federation": config.federation, **result.to_json()})
-    table = Table(title=f"{config.federation}: {pack.primary_metric} by training regime and test site")
+    table = Table(
+        title=f"{config.federation}: {pack.primary_metric} by training regime and test site"
+    )
     table.add_column("trained on")
     for site in sites:
         table.add_column(site, justify="right")
@@ -63,4 +69,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("federation", type=Path, help="federation folder, e.g. examples/heart")
     add_run_options(parser)
     parser.set_defaults(func=cmd_baseline)
-

@@ -166,9 +166,7 @@ def to_model_input(
     resampled = resample_to_common(trace, fs)
     first = int(round(start_s * COMMON_RATE))
     if not 0 <= first < len(resampled):
-        raise DataError(
-            f"window start {start_s} s is outside a {len(trace) / fs:.2f} s recording"
-        )
+        raise DataError(f"window start {start_s} s is outside a {len(trace) / fs:.2f} s recording")
     window = resampled[first : first + WINDOW_SAMPLES]
     window = window - np.median(window)
     scale = float(window.std())
@@ -187,9 +185,7 @@ def resample_to_common(trace: np.ndarray, fs: float) -> np.ndarray:
     return resample_poly(trace.astype(np.float64), ratio.numerator, ratio.denominator)
 
 
-def read_labelled_folder(
-    folder: Path, class_names: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray]:
+def read_labelled_folder(folder: Path, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Model windows and labels for a site folder holding ``labels.csv`` and ECG files.
 
     ``labels.csv`` has columns ``file`` (relative to ``folder``) and ``label`` (a class index

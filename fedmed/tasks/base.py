@@ -71,7 +71,9 @@ class TaskPack(ABC):
         """Mean loss over a batch."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> dict[str, float]:
         """Score ``model`` on ``dataset``; keys are exactly ``self.metrics``."""
 
 

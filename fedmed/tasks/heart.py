@@ -38,6 +38,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from fedmed.data.splits import stratified_split
 from fedmed.errors import ConfigError, DataError
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
@@ -49,15 +50,15 @@ SITE_FILES = {
     "switzerland": "processed.switzerland.data",
     "va": "processed.va.data",
 }
-COLUMNS = (
-    "age sex cp trestbps chol fbs restecg thalach exang oldpeak slope ca thal num".split()
-)
+COLUMNS = "age sex cp trestbps chol fbs restecg thalach exang oldpeak slope ca thal num".split()
 FEATURES = COLUMNS[:-1]
 # A recorded 0 here means "not measured" (Switzerland stores every cholesterol as 0).
 ZERO_MEANS_MISSING = ("trestbps", "chol")
 # Data-dictionary scaling constants, in FEATURES order: typical adult values and spreads
 # (age in years, blood pressure in mm Hg, cholesterol in mg/dl, heart rate in bpm, ...).
-REFERENCE_MEAN = np.array([54, 0.5, 3, 130, 240, 0, 0.5, 140, 0.3, 1, 1.5, 0.5, 5], dtype=np.float64)
+REFERENCE_MEAN = np.array(
+    [54, 0.5, 3, 130, 240, 0, 0.5, 140, 0.3, 1, 1.5, 0.5, 5], dtype=np.float64
+)
 REFERENCE_SCALE = np.array(
     [9, 0.5, 1, 18, 50, 0.4, 0.8, 25, 0.5, 1.1, 0.6, 0.9, 1.9], dtype=np.float64
 )
@@ -86,17 +87,6 @@ def read_site_table(path: Path) -> pd.DataFrame:
     if table["num"].isna().any():
         raise DataError(f"{path}: the label column 'num' has missing values")
     return table
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of test rows, stratified by label, reproducible for ``seed``."""
-    rng = np.random.default_rng(seed)
-    is_test = np.zeros(len(labels), dtype=bool)
-    for value in np.unique(labels):
-        rows = np.flatnonzero(labels == value)
-        rng.shuffle(rows)
-        is_test[rows[: int(round(len(rows) * test_fraction))]] = True
-    return is_test
 
 
 def encode_features(features: np.ndarray) -> np.ndarray:
@@ -169,7 +159,9 @@ class HeartTask(TaskPack):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(outputs, targets.float())
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> dict[str, float]:
         logits, targets = predict(model, dataset, device)
         labels = targets.numpy()
         scores = torch.sigmoid(logits).numpy()

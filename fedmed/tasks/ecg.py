@@ -1,0 +1,162 @@
+"""Single-lead ECG rhythm classification across hospitals.
+
+Data: by default the simulated sites of :mod:`fedmed.data.ecg_synth` (four hospitals whose
+recorders differ in sampling rate, lead, polarity, noise, wander and case mix; five classes:
+normal, bradycardia, tachycardia, irregular/AF-like, noisy). With ``data_dir`` the pack
+reads real recordings instead: one folder per site holding ``labels.csv`` (``file,label``
+and optionally ``sampling_rate``, ``lead``) and WFDB, CSV or DICOM-waveform files.
+
+Either way each recording becomes a 5 s, 100 Hz, standardised window through
+:func:`fedmed.data.ecg_readers.to_model_input`; :func:`predict_windows` runs inference on
+windows made the same way, so training and deployment cannot drift apart.
+
+Model: a small 1-D CNN after the stacked-convolution ECG classifiers (Acharya et al. 2017;
+Hannun et al. 2019) — convolution blocks with GroupNorm (BatchNorm is incompatible with
+DP-SGD's per-sample gradients), ReLU and max-pooling, then global average pooling and a
+linear layer. Its receptive field (~2.2 s) spans several beats, which irregular-rhythm
+detection needs; global pooling makes beat counting (the rate classes) easy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from fedmed.data.ecg_readers import LABELS_FILE, WINDOW_SAMPLES, read_labelled_folder
+from fedmed.data.ecg_synth import CLASS_NAMES, SITES, make_site_windows
+from fedmed.data.splits import stratified_split
+from fedmed.errors import DataError
+from fedmed.tasks import register_task
+from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
+
+TEST_FRACTION = 0.25
+SPLIT_SEED = 42
+# The built-in sites are one fixed draw: test splits must not depend on the training seed
+# (the task-pack contract), so ``load_site``'s ``seed`` varies training only.
+DATA_SEED = 0
+# (out_channels, kernel, pool) of each convolution block; the input has one channel.
+BLOCKS = ((16, 7, 2), (32, 7, 2), (32, 7, 2), (64, 5, 2), (64, 5, 1), (64, 5, 1))
+
+
+class EcgCnn(nn.Module):
+    """1-D CNN over a (batch, 1, samples) window → (batch, classes) logits. DP-SGD ready."""
+
+    def __init__(self, num_classes: int = len(CLASS_NAMES), dropout: float = 0.2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 1
+        for out_channels, kernel, pool in BLOCKS:
+            layers += [
+                nn.Conv1d(in_channels, out_channels, kernel, padding=kernel // 2),
+                nn.GroupNorm(min(8, out_channels // 4), out_channels),
+                nn.ReLU(),
+            ]
+            if pool > 1:
+                layers.append(nn.MaxPool1d(pool))
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(in_channels, num_classes),
+        )
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(windows))
+
+
+def predict_windows(model: nn.Module, windows: np.ndarray) -> np.ndarray:
+    """Class probabilities (n × classes) for windows made by ``to_model_input``.
+
+    ``windows`` is one window (``WINDOW_SAMPLES``) or a stack (n × ``WINDOW_SAMPLES``).
+    """
+    batch = np.asarray(windows, dtype=np.float32)
+    if batch.ndim == 1:
+        batch = batch[None, :]
+    if batch.ndim != 2 or batch.shape[1] != WINDOW_SAMPLES:
+        raise DataError(
+            f"expected windows of {WINDOW_SAMPLES} samples (from to_model_input), "
+            f"got shape {np.shape(windows)}"
+        )
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(batch)[:, None, :].to(device))
+    return torch.softmax(logits, dim=1).cpu().numpy()
+
+
+@register_task("ecg")
+class EcgTask(TaskPack):
+    """Five-class rhythm classification of 5 s single-lead ECG windows."""
+
+    metrics = ("accuracy", "macro_f1")
+    primary_metric = "accuracy"
+    default_sites = tuple(SITES)
+    default_lr = 0.05
+    default_batch_size = 32
+    default_local_epochs = 2
+    class_names = CLASS_NAMES
+
+    def site_names(self, data_dir: Path | None = None) -> list[str]:
+        if data_dir is None:
+            return list(self.default_sites)
+        folder = Path(data_dir)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: data folder not found")
+        sites = sorted(p.name for p in folder.iterdir() if (p / LABELS_FILE).is_file())
+        if not sites:
+            raise DataError(f"{folder}: no site folders containing {LABELS_FILE}")
+        return sites
+
+    def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
+        if data_dir is None:
+            data = make_site_windows(site, DATA_SEED)
+            x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
+        else:
+            x_train, y_train, x_test, y_test = _load_real_site(Path(data_dir) / site)
+        return SiteData(
+            site=site,
+            train=_dataset(x_train, y_train),
+            val=None,
+            test=_dataset(x_test, y_test),
+            fingerprint=fingerprint_arrays([x_train, y_train, x_test, y_test]),
+        )
+
+    def build_model(self) -> nn.Module:
+        return EcgCnn(len(self.class_names))
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs, targets.long())
+
+    def evaluate(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> dict[str, float]:
+        logits, targets = predict(model, dataset, device)
+        predicted = logits.argmax(dim=1).numpy()
+        labels = targets.numpy()
+        return {
+            "accuracy": float((predicted == labels).mean()),
+            "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        }
+
+
+def _dataset(windows: np.ndarray, labels: np.ndarray) -> TensorDataset:
+    inputs = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))[:, None, :]
+    return TensorDataset(inputs, torch.from_numpy(labels.astype(np.int64)))
+
+
+def _load_real_site(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of a real site folder, split train/test by class with a fixed seed."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: site folder not found")
+    windows, labels = read_labelled_folder(folder, CLASS_NAMES)
+    is_test = stratified_split(labels, TEST_FRACTION, SPLIT_SEED)
+    if is_test.all() or not is_test.any():
+        raise DataError(f"{folder / LABELS_FILE}: too few recordings ({len(labels)}) to split")
+    return windows[~is_test], labels[~is_test], windows[is_test], labels[is_test]
