@@ -1,0 +1,1 @@
+"""Deployment: provisioning startup kits and running Flower SuperLink / SuperNode processes."""
