@@ -1,0 +1,104 @@
+"""De-identification settings of a site (the ``[deid]`` table of its ``policy.toml``).
+
+Why a typed object: the settings decide what counts as PHI and what leaves the site, so
+a typo must fail loudly at load time (``ConfigError`` naming the key) rather than silently
+fall back to a default. The site policy loader passes its ``[deid]`` table to
+:meth:`DeidConfig.from_dict`; the CLI can read a standalone TOML with :meth:`from_toml`.
+
+Example::
+
+    [deid]
+    engine = "combined"            # combined | tagger | presidio
+    pattern_threshold = 0.4        # Presidio/rule results below this score are dropped
+    mode = "surrogate"             # surrogate | redact
+    [[deid.site_patterns]]
+    name = "lab accession"
+    type = "IDNUM"
+    regex = "\\bLAB-\\d{6}\\b"
+    score = 0.9
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedmed.deid.io import DEFAULT_MAX_BYTES
+from fedmed.deid.phi import CATEGORY_OF
+from fedmed.errors import ConfigError
+
+ENGINES = ("combined", "tagger", "presidio")
+MODES = ("surrogate", "redact")
+
+
+@dataclass(frozen=True)
+class SitePattern:
+    """A site-specific identifier format (e.g. the local MRN or accession number)."""
+
+    name: str
+    type: str
+    regex: str
+    score: float = 0.9
+    context: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.type not in CATEGORY_OF:
+            raise ConfigError(f"site pattern {self.name!r}: unknown PHI type {self.type!r}")
+        try:
+            re.compile(self.regex)
+        except re.error as e:
+            raise ConfigError(f"site pattern {self.name!r}: bad regex ({e})") from e
+        if not 0.0 < self.score <= 1.0:
+            raise ConfigError(f"site pattern {self.name!r}: score must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    """Everything that changes what the de-id stage detects and writes."""
+
+    engine: str = "combined"
+    tagger: str | None = None  # None = shipped BiLSTM-CRF; else a checkpoint path
+    tagger_threshold: float | None = None  # None = the threshold stored in the checkpoint
+    pattern_threshold: float = 0.4
+    site_patterns: tuple[SitePattern, ...] = ()
+    mode: str = "surrogate"
+    max_bytes: int = DEFAULT_MAX_BYTES
+    date_shift_max_days: int = 1095
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"deid.engine {self.engine!r}: expected one of {ENGINES}")
+        if self.mode not in MODES:
+            raise ConfigError(f"deid.mode {self.mode!r}: expected one of {MODES}")
+        if not 0.0 <= self.pattern_threshold <= 1.0:
+            raise ConfigError("deid.pattern_threshold must be within [0, 1]")
+        if self.tagger_threshold is not None and not 0.0 < self.tagger_threshold <= 1.0:
+            raise ConfigError("deid.tagger_threshold must be within (0, 1]")
+        if self.max_bytes <= 0 or self.date_shift_max_days <= 0:
+            raise ConfigError("deid.max_bytes and deid.date_shift_max_days must be positive")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeidConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown deid setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(data)
+        try:
+            values["site_patterns"] = tuple(
+                SitePattern(**{**p, "context": tuple(p.get("context", ()))})
+                for p in data.get("site_patterns", ()))
+        except TypeError as e:
+            raise ConfigError(f"deid.site_patterns: {e}") from e
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> DeidConfig:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read de-id settings ({e})") from e
+        return cls.from_dict(data.get("deid", data))

@@ -1,0 +1,50 @@
+"""Residual-risk check: identifier-shaped strings left in scrubbed text.
+
+Why a second, dumber check: detection can miss (a new template, an odd format). After
+scrubbing, a handful of high-risk shapes -- SSN, phone, e-mail, an MRN after its keyword,
+long digit runs -- are searched for once more, *outside* the places where a surrogate was
+written (surrogates are supposed to look like PHI). Any hit sends the note to quarantine
+instead of training. Findings carry the kind and offsets only, never the matched text, so
+reports and logs cannot leak what they found.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fedmed.deid.phi import Span
+from fedmed.deid.recognizers import MRN_KEYWORDS, MRN_VALUE
+
+RESIDUAL_VERSION = "fedmed-residual-1"
+
+PATTERNS: dict[str, re.Pattern[str]] = {
+    "SSN": re.compile(r"\b(?P<value>\d{3}[- ]\d{2}[- ]\d{4})\b"),
+    "PHONE": re.compile(r"(?P<value>(?:\(\d{3}\)\s*|\b\d{3}[-.\s])\d{3}[-.\s]\d{4})\b"),
+    "EMAIL": re.compile(r"(?P<value>\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"),
+    "MEDICALRECORD": re.compile(rf"\b(?:{MRN_KEYWORDS})\s*[:#]?\s*(?P<value>{MRN_VALUE})",
+                                re.IGNORECASE),
+    "LONG_NUMBER": re.compile(r"\b(?P<value>\d{7,})\b"),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """An identifier-shaped string left outside every surrogate (no text kept)."""
+
+    kind: str
+    start: int
+    end: int
+
+
+def residual_findings(text: str, protected: Sequence[Span] = ()) -> list[Finding]:
+    """Identifier-shaped strings in ``text`` not inside a ``protected`` (surrogate) span."""
+    found = []
+    for kind, pattern in PATTERNS.items():
+        for m in pattern.finditer(text):
+            a, b = m.span("value")
+            if any(p.start <= a and b <= p.end for p in protected):
+                continue
+            found.append(Finding(kind, a, b))
+    return sorted(found, key=lambda f: (f.start, f.kind))
