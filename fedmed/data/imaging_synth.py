@@ -1,0 +1,240 @@
+"""A multi-site 2-D imaging benchmark with per-site acquisition shift (nothing is downloaded).
+
+No labelled real imaging set ships in any installable package, so the ``imaging-cls`` and
+``imaging-seg`` packs train on scenes drawn with MONAI's own test-image generator
+(:func:`monai.data.synthetic.create_test_image_2d`, circles of random size and class). What
+makes hospitals differ here is mostly the scanner, so every site draws its scenes from the same
+generator (only the share of lesion cases differs, :class:`Site`) and then "acquires" them with
+its own :class:`Acquisition`:
+
+- **resolution**: the scene is area-averaged onto a coarser grid and interpolated back, as
+  when a low-field or portable device reconstructs fewer pixels;
+- **blur**: a Gaussian point-spread function (reconstruction kernel, motion);
+- **contrast**: a gamma curve on tissue intensities (sequence/window differences);
+- **bias field**: a smooth multiplicative intensity ramp (coil inhomogeneity) — unlike a
+  global scale it survives per-image normalisation;
+- **noise**: Gaussian noise relative to the brightest tissue (field strength, dose);
+- **intensity scale and offset**: the stored units (12-bit MR-like counts, offset CT-like
+  values), quantised to integers like real pixel data.
+
+Every acquired image then goes through :func:`fedmed.data.imaging_readers.normalise_intensity`
+— the normalisation applied to real files — so the federation sees the shift only through what
+survives it: scale and offset vanish, resolution, blur, contrast, bias and noise remain.
+
+Targets. ``masks`` mark every object (the segmentation target). ``labels`` (the
+classification target) say whether the image holds a *large lesion*: a connected object of at
+least :data:`LARGE_AREA` pixels. Scenes are drawn as a few small objects (radius 2–5 px) plus,
+with the site's ``lesion_rate``, one large one (radius 7–10 px), so the two classes are
+separated by a clear size margin and the task is learnable from pixels; the label is still
+computed from the final mask, so merged small objects count as what they look like.
+
+Determinism: the training split depends on ``(site, seed)``; the test split on the site only
+(its own random stream), so seeds vary training, never the yardstick.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from fedmed.data.imaging_readers import normalise_intensity
+from fedmed.errors import ConfigError
+
+IMAGE_SIZE = 32
+N_TRAIN = 512  # enough for DP-SGD at ε = 1 to learn (192 did not)
+N_TEST = 128
+SMALL_RADII = (2, 6)  # create_test_image_2d draws radii in [rad_min, rad_max): 2–5 px
+LARGE_RADII = (7, 11)  # 7–10 px
+SMALL_OBJECTS = (1, 4)  # inclusive range of small objects per scene
+LARGE_AREA = 130  # pixels; a radius-5 disc covers 81, a radius-7 disc 149
+# Tissue intensity of each object class drawn by the generator (class 0 is background).
+TISSUE = np.array([0.05, 0.45, 0.7, 1.0])
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How a scanner turns a scene into stored pixels (see the module docstring)."""
+
+    downsample: int  # 1 = native resolution; k = reconstructed on a grid k times coarser
+    blur_sigma: float  # Gaussian PSF, in pixels of the model grid
+    gamma: float  # contrast curve applied to tissue intensities in [0, 1]
+    bias: float  # amplitude of the multiplicative linear bias field
+    noise: float  # Gaussian noise SD relative to the brightest tissue
+    scale: float  # stored units per unit of intensity
+    offset: float  # stored value of zero intensity
+
+
+@dataclass(frozen=True)
+class Site:
+    """A simulated hospital: its scanner and its case mix."""
+
+    description: str
+    scanner: Acquisition
+    lesion_rate: float  # fraction of scenes drawn with a large lesion
+
+
+SITES: dict[str, Site] = {
+    "academic": Site(
+        "university hospital, modern 3 T scanner: sharp, clean, native resolution",
+        Acquisition(
+            downsample=1, blur_sigma=0.0, gamma=1.0, bias=0.0, noise=0.02, scale=4095.0, offset=0.0
+        ),
+        lesion_rate=0.5,
+    ),
+    "community": Site(
+        "community hospital, 1.5 T: soft kernel, flatter contrast, mild coil shading",
+        Acquisition(
+            downsample=1,
+            blur_sigma=1.0,
+            gamma=0.45,
+            bias=0.3,
+            noise=0.1,
+            scale=1000.0,
+            offset=100.0,
+        ),
+        lesion_rate=0.4,
+    ),
+    "mobile": Site(
+        "portable low-field unit: half resolution, very noisy",
+        Acquisition(
+            downsample=2, blur_sigma=0.5, gamma=1.0, bias=0.1, noise=0.3, scale=255.0, offset=0.0
+        ),
+        lesion_rate=0.5,
+    ),
+    "legacy": Site(
+        "ageing scanner: blurred, steep contrast, strong shading, offset units",
+        Acquisition(
+            downsample=1,
+            blur_sigma=1.8,
+            gamma=2.5,
+            bias=0.45,
+            noise=0.06,
+            scale=2000.0,
+            offset=-1024.0,
+        ),
+        lesion_rate=0.6,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class SiteImages:
+    """Normalised images (n × H × W, float32), object masks (uint8) and lesion labels (int64)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class SiteSplits:
+    """One site's training and test images."""
+
+    train: SiteImages
+    test: SiteImages
+
+
+def site_profile(site: str) -> Site:
+    """A built-in site; ConfigError naming the known sites."""
+    try:
+        return SITES[site]
+    except KeyError:
+        raise ConfigError(f"unknown imaging site {site!r}; sites: {', '.join(SITES)}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def make_site_images(
+    site: str, seed: int, n_train: int = N_TRAIN, n_test: int = N_TEST
+) -> SiteSplits:
+    """Train split for ``(site, seed)`` and the site's fixed test split (cached, read-only)."""
+    return SiteSplits(
+        train=simulate_site(site, n_train, seed),
+        test=simulate_site(site, n_test, 0, split="test"),
+    )
+
+
+def simulate_site(
+    site: str, n: int, seed: int, scanner: Acquisition | None = None, split: str = "train"
+) -> SiteImages:
+    """``n`` scenes of ``site`` acquired with ``scanner`` (default: the site's own).
+
+    ``split`` names an independent random stream, so no training seed can reproduce the test
+    images. Passing another site's scanner images the very same scenes (same masks and labels)
+    the way that site would: the cleanest way to see what the acquisition shift alone does.
+    """
+    profile = site_profile(site)
+    rng = np.random.default_rng([zlib.crc32(site.encode()), zlib.crc32(split.encode()), seed])
+    scenes = draw_scenes(n, profile.lesion_rate, rng)
+    raw = acquire(TISSUE[scenes], scanner or profile.scanner, rng)
+    masks = (scenes > 0).astype(np.uint8)
+    labels = np.array([has_large_lesion(mask) for mask in masks], dtype=np.int64)
+    images = normalise_intensity(raw, "MR", axes=(-2, -1))
+    for array in (images, masks, labels):
+        array.flags.writeable = False  # cached: callers must copy, never modify
+    return SiteImages(images=images, masks=masks, labels=labels)
+
+
+def draw_scenes(n: int, lesion_rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Label maps (n × H × W, class per pixel, 0 = background) from MONAI's generator."""
+    from monai.data.synthetic import create_test_image_2d  # MONAI's import is slow: lazily
+
+    state = np.random.RandomState(int(rng.integers(2**31)))
+    scenes = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.int64)
+    classes = len(TISSUE) - 1
+    for index in range(n):
+        groups = [(int(state.randint(SMALL_OBJECTS[0], SMALL_OBJECTS[1] + 1)), SMALL_RADII)]
+        if state.random_sample() < lesion_rate:
+            groups.append((1, LARGE_RADII))
+        for count, (rad_min, rad_max) in groups:
+            _, label_map = create_test_image_2d(
+                IMAGE_SIZE,
+                IMAGE_SIZE,
+                num_objs=count,
+                rad_max=rad_max,
+                rad_min=rad_min,
+                num_seg_classes=classes,
+                random_state=state,
+            )
+            scenes[index] = np.maximum(scenes[index], label_map)
+    return scenes
+
+
+def has_large_lesion(mask: np.ndarray) -> bool:
+    """Whether a binary mask holds a connected object of at least :data:`LARGE_AREA` pixels."""
+    components, count = ndimage.label(mask)
+    return bool(count) and int(np.bincount(components.ravel())[1:].max()) >= LARGE_AREA
+
+
+def acquire(intensity: np.ndarray, setup: Acquisition, rng: np.random.Generator) -> np.ndarray:
+    """Stored pixel values (n × H × W, float32) of tissue intensities seen through ``setup``."""
+    image = np.power(intensity, setup.gamma)
+    if setup.downsample > 1:
+        image = _resample(image, setup.downsample)
+    if setup.blur_sigma > 0:
+        image = ndimage.gaussian_filter(image, sigma=(0.0, setup.blur_sigma, setup.blur_sigma))
+    image = image * _bias_fields(len(image), setup.bias, rng)
+    image = image + rng.normal(0.0, setup.noise, size=image.shape)
+    return np.round(image * setup.scale + setup.offset).astype(np.float32)
+
+
+def _resample(images: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average onto a grid ``factor`` times coarser, then interpolate back (bilinear)."""
+    stack = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    coarse = torch.nn.functional.avg_pool2d(stack, factor)
+    fine = torch.nn.functional.interpolate(
+        coarse, size=images.shape[-2:], mode="bilinear", align_corners=False
+    )
+    return fine[:, 0].numpy().astype(np.float64)
+
+
+def _bias_fields(n: int, amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` multiplicative linear ramps ``1 ± amplitude`` across the image, random direction."""
+    axis = np.linspace(-1.0, 1.0, IMAGE_SIZE)
+    rows, cols = np.meshgrid(axis, axis, indexing="ij")
+    angle = rng.uniform(0.0, 2 * np.pi, size=(n, 1, 1))
+    return 1.0 + amplitude * (np.cos(angle) * rows + np.sin(angle) * cols) / np.sqrt(2)

@@ -1,0 +1,171 @@
+"""Large-lesion classification of 2-D images across hospitals with different scanners.
+
+Data: by default the simulated sites of :mod:`fedmed.data.imaging_synth` (four hospitals
+whose scanners differ in resolution, blur, contrast, shading, noise and stored units; the label
+says whether the image holds a large lesion). With ``data_dir`` the pack reads real images
+instead: one folder per site holding ``labels.csv`` (``file,label`` with labels 0/1) and DICOM,
+NIfTI, PNG or JPEG files, through :mod:`fedmed.data.imaging_readers` (layout: docs/imaging.md).
+
+Model: a MONAI DenseNet shrunk to two dense blocks of two layers (16–32 channels, ~7.7k
+parameters) for 32 × 32 inputs, with GroupNorm instead of BatchNorm (DP-SGD needs per-sample
+gradients, which BatchNorm mixes across the batch) and non-in-place ReLUs (Opacus' backward
+hooks reject in-place edits of a hooked layer's output). Not MONAI's ResNet: in MONAI 1.6 its
+``norm`` and ``act`` arguments reach only the stem, so its residual blocks are silently built
+with BatchNorm (Project-MONAI/MONAI PR #9028, open) and Opacus refuses the model. One logit;
+the loss is binary cross-entropy.
+
+Metrics: ``auc`` (primary: threshold-free, so it compares sites whose case mix and calibration
+differ) and ``accuracy`` at probability 0.5. :mod:`fedmed.imaging_explain` draws Grad-CAM maps
+of :attr:`ImagingClassificationTask.gradcam_layer`.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from fedmed.data.imaging_readers import (
+    LABELS_FILE,
+    HeaderDeid,
+    list_site_folders,
+    read_classification_folder,
+)
+from fedmed.data.imaging_synth import IMAGE_SIZE, SITES, SiteImages, make_site_images
+from fedmed.errors import DataError
+from fedmed.tasks import register_task
+from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
+from fedmed.tasks.heart import stratified_split  # generic; shared rather than copied
+
+TEST_FRACTION = 0.3
+SPLIT_SEED = 42
+INIT_FEATURES = 16
+GROWTH_RATE = 8
+BLOCKS = (2, 2)  # dense layers per block; the stem quarters the grid, each transition halves it
+GROUPS = 4  # every layer width (16, 24, 32) is a multiple
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+class ImagingPack(TaskPack):
+    """What the imaging packs share: the synthetic sites, real site folders, tensors.
+
+    A subclass says which marker identifies a real site folder, how to read one, and which
+    target of the synthetic :class:`SiteImages` it learns.
+    """
+
+    default_sites = tuple(SITES)
+    site_marker: ClassVar[str]
+
+    def __init__(self, header_deid: HeaderDeid | None = None) -> None:
+        # The node plugs the de-identification stage's DICOM header scrubber in here.
+        self.header_deid = header_deid
+
+    def site_names(self, data_dir: Path | None = None) -> list[str]:
+        if data_dir is None:
+            return list(self.default_sites)
+        return list_site_folders(Path(data_dir), self.site_marker)
+
+    def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
+        if data_dir is None:
+            splits = make_site_images(site, seed)
+            arrays = (*self.synthetic_split(splits.train), *self.synthetic_split(splits.test))
+        else:
+            arrays = self._real_site(Path(data_dir) / site)
+        x_train, y_train, x_test, y_test = (np.array(a) for a in arrays)  # copies: cache is RO
+        return SiteData(
+            site=site,
+            train=self.dataset(x_train, y_train),
+            val=None,
+            test=self.dataset(x_test, y_test),
+            fingerprint=fingerprint_arrays([x_train, y_train, x_test, y_test]),
+        )
+
+    @abstractmethod
+    def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs (n × H × W) and targets of one synthetic split."""
+
+    @abstractmethod
+    def read_site_folder(self, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs (n × H × W) and targets of one real site folder."""
+
+    @staticmethod
+    def dataset(images: np.ndarray, targets: np.ndarray) -> TensorDataset:
+        """Float tensors; inputs (n × H × W) and mask targets gain the channel axis."""
+        inputs = torch.from_numpy(images.astype(np.float32))[:, None]
+        labels = torch.from_numpy(targets.astype(np.float32))
+        return TensorDataset(inputs, labels[:, None] if labels.ndim == 3 else labels)
+
+    def _real_site(self, folder: Path) -> Arrays:
+        """A real site folder split train/test with a fixed seed (stratified by label if any)."""
+        if not folder.is_dir():
+            raise DataError(f"{folder}: site folder not found")
+        images, targets = self.read_site_folder(folder)
+        strata = targets if targets.ndim == 1 else np.zeros(len(targets))
+        is_test = stratified_split(strata, TEST_FRACTION, SPLIT_SEED)
+        if is_test.all() or not is_test.any():
+            raise DataError(f"{folder}: too few images ({len(images)}) to split train/test")
+        return images[~is_test], targets[~is_test], images[is_test], targets[is_test]
+
+
+def build_classifier() -> nn.Module:
+    """A tiny 2-D MONAI DenseNet with one output logit, DP-SGD ready (GroupNorm, no in-place)."""
+    from monai.networks.nets import DenseNet  # MONAI's import is slow: only when a model is built
+
+    return DenseNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        init_features=INIT_FEATURES,
+        growth_rate=GROWTH_RATE,
+        block_config=BLOCKS,
+        bn_size=2,
+        act=("relu", {"inplace": False}),
+        norm=("group", {"num_groups": GROUPS}),
+    )
+
+
+def binary_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """AUC (NaN when the labels hold one class only) and accuracy at probability 0.5."""
+    scores = torch.sigmoid(logits.reshape(-1)).numpy()
+    truth = labels.reshape(-1).numpy() >= 0.5
+    auc = float(roc_auc_score(truth, scores)) if len(np.unique(truth)) > 1 else float("nan")
+    return {"auc": auc, "accuracy": float(((scores >= 0.5) == truth).mean())}
+
+
+@register_task("imaging-cls")
+class ImagingClassificationTask(ImagingPack):
+    """Binary classification: does the image hold a large lesion?"""
+
+    metrics = ("auc", "accuracy")
+    primary_metric = "auc"
+    default_lr = 0.1
+    default_batch_size = 32
+    default_local_epochs = 1
+    site_marker = LABELS_FILE
+    gradcam_layer = "class_layers.relu"  # last feature map (4 × 4 grid) of build_classifier
+
+    def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
+        return images.images, images.labels
+
+    def read_site_folder(self, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        return read_classification_folder(folder, IMAGE_SIZE, self.header_deid)
+
+    def build_model(self) -> nn.Module:
+        return build_classifier()
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(
+            outputs.reshape(-1), targets.reshape(-1).float()
+        )
+
+    def evaluate(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> dict[str, float]:
+        return binary_scores(*predict(model, dataset, device))
