@@ -4,20 +4,34 @@ Contract with the coordinator (``fedmed.server.app``):
 
 - Identity. In simulation the node is the ``partition-id``-th site of the
   federation's ``sites``; in deployment its node config names it (``site``,
-  ``data-dir``).
-- ``fit`` receives the global weights and a config with ``local-epochs``,
-  ``batch-size``, ``lr``, ``momentum``, ``seed`` and, from Flower's FedProx,
-  ``proximal_mu`` (the node MUST then add the proximal term). It trains locally
-  and returns the new weights, the number of training examples, and the metrics
-  ``site``, ``train-loss`` and ``steps``.
+  ``data-dir``, ``site-home``). Its site home (policy, ledger, audit log, key) is
+  ``site-home`` or, in simulation, ``fedmed.clients.site_home.default_site_home``.
+- ``fit`` receives the global weights and a config with ``run-id``,
+  ``server-round``, ``local-epochs``, ``batch-size``, ``lr``, ``momentum``,
+  ``seed``, the job's DP request (``fedmed.privacy.job.DPJob`` keys: ``dp``,
+  ``dp-epsilon``, ``dp-delta``, ``dp-noise-multiplier``, ``dp-clip-norm``,
+  ``dp-accountant``, ``dp-grad-sample-mode``, ``num-rounds``) and, from Flower's
+  FedProx, ``proximal_mu`` (the node MUST then add the proximal term). Before
+  training the node checks the request against its policy and ledger
+  (``fedmed.clients.private_round``).
+
+  - Accepted: it returns the new weights, the number of training examples and the
+    metrics ``site``, ``refused = 0``, ``train-loss``, ``steps``, ``epsilon`` (the
+    site's total ε after this round, all runs), ``delta``, ``epsilon-budget``,
+    ``accountant``, ``noise-multiplier``, ``sample-rate``, ``clip-norm`` and its
+    audit log head (``audit-key``, ``audit-seq``, ``audit-hash``) for the
+    coordinator to witness.
+  - Refused: it returns the weights it received unchanged, ``num_examples = 0``
+    and ``site``, ``refused = 1``, ``reason`` (and ``epsilon``/``delta`` when the
+    ledger was readable). The coordinator MUST NOT aggregate such a reply.
 - ``evaluate`` scores the received weights on the site's own test split and
   returns ``site`` plus every metric of the task pack. Test data never leave.
 """
-
 from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,8 +39,11 @@ from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import Context
 
 from fedmed.clients.node import HospitalSite
+from fedmed.clients.private_round import RoundJob, refusal, run_private_round
+from fedmed.clients.site_home import default_site_home
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError
+from fedmed.privacy.job import DPJob
 from fedmed.tasks import get_task
 from fedmed.training import TrainSettings
 
@@ -39,8 +56,8 @@ def _open_site(task: str, site: str, data_dir: str, seed: int) -> HospitalSite:
     return HospitalSite.open(task, site, data_dir or None, seed)
 
 
-def site_for_context(context: Context, config: FederationConfig) -> HospitalSite:
-    """Which site this node is, from the node config (deployment) or partition id (simulation)."""
+def site_for_context(context: Context, config: FederationConfig) -> tuple[HospitalSite, Path]:
+    """This node's site and site home, from the node config (deployment) or partition id."""
     node_config = context.node_config
     if "site" in node_config:
         site = str(node_config["site"])
@@ -55,7 +72,9 @@ def site_for_context(context: Context, config: FederationConfig) -> HospitalSite
         site, data_dir = sites[partition], config.data_dir
     else:
         raise ConfigError("node config names no 'site' (deployment) or 'partition-id' (simulation)")
-    return _open_site(config.task, site, data_dir, config.seed)
+    home = node_config.get("site-home")
+    home_root = Path(str(home)) if home else default_site_home(config, site)
+    return _open_site(config.task, site, data_dir, config.seed), home_root
 
 
 def train_settings(fit_config: Mapping[str, Scalar]) -> TrainSettings:
@@ -70,22 +89,34 @@ def train_settings(fit_config: Mapping[str, Scalar]) -> TrainSettings:
     )
 
 
-class HospitalClient(NumPyClient):
-    """Flower's view of one hospital site."""
+def round_job(fit_config: Mapping[str, Scalar]) -> RoundJob:
+    """The coordinator's instructions for one round (run, round, training, DP request)."""
+    return RoundJob(
+        run=str(fit_config.get("run-id", "")),
+        round=int(fit_config.get("server-round", 0)),
+        settings=train_settings(fit_config),
+        dp=DPJob.from_fit_config(fit_config),
+    )
 
-    def __init__(self, site: HospitalSite) -> None:
+
+class HospitalClient(NumPyClient):
+    """Flower's view of one hospital site and its site home."""
+
+    def __init__(self, site: HospitalSite, home: Path) -> None:
         self.site = site
+        self.home = home
 
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
-        weights, result = self.site.train(parameters, train_settings(config))
-        metrics: dict[str, Scalar] = {
-            "site": self.site.name,
-            "train-loss": result.mean_loss,
-            "steps": result.steps,
-        }
-        return weights, result.num_examples, metrics
+        try:
+            job = round_job(config)
+        except (ConfigError, KeyError, ValueError) as exc:  # malformed instructions: refuse
+            reason = f"malformed round instructions: {exc}"
+            outcome = refusal(self.site, [np.asarray(p) for p in parameters], reason, {})
+        else:
+            outcome = run_private_round(self.site, self.home, parameters, job)
+        return outcome.weights, outcome.num_examples, outcome.metrics
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
@@ -102,7 +133,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
     def client_fn(context: Context) -> Client:
         config = FederationConfig.from_run_config({**context.run_config, **extra})
-        return HospitalClient(site_for_context(context, config)).to_client()
+        return HospitalClient(*site_for_context(context, config)).to_client()
 
     return ClientApp(client_fn=client_fn)
 

@@ -15,7 +15,14 @@ import torch
 
 from fedmed.device import pick_device
 from fedmed.tasks import SiteData, TaskPack, get_task
-from fedmed.training import TrainResult, TrainSettings, get_weights, set_weights, train_round
+from fedmed.training import (
+    LoopWrapper,
+    TrainResult,
+    TrainSettings,
+    get_weights,
+    set_weights,
+    train_round,
+)
 
 
 @dataclass
@@ -34,11 +41,20 @@ class HospitalSite:
         data = pack.load_site(site, Path(data_dir) if data_dir else None, seed)
         return cls(name=site, pack=pack, data=data, device=pick_device())
 
-    def train(self, weights: list[np.ndarray], settings: TrainSettings) -> tuple[list[np.ndarray], TrainResult]:
-        """Start from ``weights``, train one round locally, return the new weights."""
+    def train(
+        self,
+        weights: list[np.ndarray],
+        settings: TrainSettings,
+        wrap: LoopWrapper | None = None,
+    ) -> tuple[list[np.ndarray], TrainResult]:
+        """Start from ``weights``, train one round locally, return the new weights.
+
+        ``wrap`` makes the loop private (``fedmed.privacy.trainer.DPTrainer.wrap``); the
+        node's privacy check (``fedmed.clients.private_round``) decides whether to pass it.
+        """
         model = self.pack.build_model()
         set_weights(model, weights)
-        result = train_round(self.pack, model, self.data.train, settings, self.device)
+        result = train_round(self.pack, model, self.data.train, settings, self.device, wrap=wrap)
         return get_weights(model), result
 
     def evaluate(self, weights: list[np.ndarray]) -> dict[str, float]:

@@ -17,8 +17,11 @@ from fedmed.errors import FedmedError
 
 COMMAND_MODULES = (
     "fedmed.commands.run",
+    "fedmed.commands.privacy",
+    "fedmed.commands.audit",
     "fedmed.commands.baseline",
     "fedmed.commands.generalization",
+    "fedmed.deid.cli",
 )
 
 

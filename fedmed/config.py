@@ -44,6 +44,19 @@ class FederationConfig:
     data_dir: str = ""
     run_dir: str = ""
     sites_home: str = ""
+    coordinator_home: str = ""
+    # Sample-level DP at every site (DP-SGD); see fedmed.privacy.job for the meaning.
+    dp: bool = True
+    epsilon: float = 1.0
+    delta: float = 1e-5
+    noise_multiplier: float = 0.0
+    clip_norm: float = 1.0
+    accountant: str = "rdp"
+    grad_sample_mode: str = "auto"
+    # Client-level DP at the coordinator (Flower's server-side fixed clipping).
+    client_dp: bool = False
+    client_noise_multiplier: float = 1.0
+    client_clip_norm: float = 1.0
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
@@ -76,6 +89,21 @@ class FederationConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be in (0, 1], got {value}")
         if self.min_nodes < 1:
             raise ConfigError(f"min-nodes must be >= 1, got {self.min_nodes}")
+        if self.dp and not (self.epsilon > 0 or self.noise_multiplier > 0):
+            raise ConfigError(f"epsilon must be > 0 when dp is on, got {self.epsilon}")
+        if not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
+        for name in ("clip_norm", "client_clip_norm"):
+            if getattr(self, name) <= 0:
+                value = getattr(self, name)
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        if self.noise_multiplier < 0:
+            raise ConfigError(f"noise-multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.client_dp and self.client_noise_multiplier <= 0:
+            raise ConfigError(
+                f"client-noise-multiplier must be > 0 with client-dp, got "
+                f"{self.client_noise_multiplier}"
+            )
 
     def site_list(self, default_sites: list[str]) -> list[str]:
         """The federation's sites in node order (``sites`` setting, else the pack's)."""

@@ -4,7 +4,9 @@ Layout: ``metrics.json`` (rewritten after every round, so an interrupted run
 loses nothing already measured), ``checkpoints/round-NNN.npz`` (global weights
 after each round), ``model.pt`` (final global model, a state dict),
 ``plots/*.png``. Keys other tools read (DESIGN.md §3): ``final.per_site.<site>.<metric>``,
-``final.mean.<metric>``, ``privacy.<site>.epsilon|delta``, ``rounds[]``.
+``final.mean.<metric>``, ``privacy.<site>.epsilon|delta``, ``rounds[]``. With
+client-level DP, ``client_privacy.epsilon|delta`` sits beside ``privacy``; a run the
+coordinator stopped early has ``stopped.round|reason``.
 """
 
 from __future__ import annotations
@@ -32,24 +34,57 @@ def mean_over_sites(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, fl
     return means
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN/inf become null: strict JSON readers reject them."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
+
 
 
 def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
     """Write JSON through a temporary file and rename, so readers never see half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(document), indent=2, sort_keys=False), encoding="utf-8")
+    tmp.write_text(json.dumps(json_safe(document), indent=2, sort_keys=False), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_bytes_durable(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data`` and make it survive a power cut.
+
+    Write to a temporary file, fsync it, rename over ``path``, fsync the folder: after
+    return the new content is on disk, and a crash at any point leaves either the old
+    or the new file, never a mix. Privacy ledgers and audit heads rely on this — an
+    ε that was spent must never be lost because the machine rebooted.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """fsync a directory so a rename or a new file in it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class RunDirectory:
@@ -94,7 +129,18 @@ class RunDirectory:
         return entry["mean"]
 
     def record_privacy(self, site: str, summary: Mapping[str, Any]) -> None:
+        """Sample-level DP of ``site``: ``epsilon`` (all its releases so far), ``delta``, ..."""
         self.document["privacy"][site] = dict(summary)
+        self.flush()
+
+    def record_client_privacy(self, summary: Mapping[str, Any]) -> None:
+        """Client-level DP at the coordinator (``client_privacy``: epsilon, delta, ...)."""
+        self.document["client_privacy"] = dict(summary)
+        self.flush()
+
+    def record_stop(self, server_round: int, reason: str) -> None:
+        """The run ended early (e.g. too many sites refused): ``stopped`` says when and why."""
+        self.document["stopped"] = {"round": server_round, "reason": reason}
         self.flush()
 
     def save_checkpoint(self, server_round: int, weights: Sequence[np.ndarray]) -> Path:

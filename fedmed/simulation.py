@@ -42,7 +42,7 @@ def run_simulation(config: FederationConfig) -> Path:
             "log_to_driver": True,
         },
     }
-    with _quiet_flower():
+    with _quiet_flower(), _restored_pythonpath():
         flower_run_simulation(
             server_app=make_server_app(overrides),
             client_app=make_client_app(overrides),
@@ -52,6 +52,20 @@ def run_simulation(config: FederationConfig) -> Path:
     if not (run_dir / "metrics.json").is_file():
         raise RuntimeError(f"the simulation ended without writing {run_dir / 'metrics.json'}")
     return run_dir
+
+
+@contextlib.contextmanager
+def _restored_pythonpath() -> Iterator[None]:
+    """Ray copies the driver's ``sys.path`` into ``PYTHONPATH`` for its workers; put the
+    caller's value back so later subprocesses do not inherit the repository root."""
+    before = os.environ.get("PYTHONPATH")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 class _DropDeprecationNotice(logging.Filter):

@@ -4,15 +4,21 @@ It runs Flower's legacy :class:`DefaultWorkflow` around a legacy strategy: that
 is the one server code path that Flower 1.42's SecAgg+ workflow plugs into
 (``fit_workflow=SecAggPlusWorkflow(...)``), so secure aggregation and DP are
 switches, not a second server. The strategy is wrapped by
-:class:`RecordingStrategy`, which writes per-site metrics and per-round
-checkpoints to the run directory; the final model is saved as ``model.pt``.
+:class:`RecordingStrategy`, which drops refusals, writes per-site metrics and
+per-round checkpoints to the run directory and signs each round into the
+coordinator's audit log (``<run dir>/audit/coordinator.jsonl``, key in the
+coordinator home: ``coordinator-home`` or ``<state>/coordinator``); the final
+model is saved as ``model.pt``.
 
+Every round's fit config carries the run id and the job's DP request
+(:class:`fedmed.privacy.job.DPJob`); each site decides under its own policy.
 Contract with the node: see ``fedmed.clients.app``.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,21 +29,44 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 
 import fedmed
+from fedmed.audit import AuditLog
+from fedmed.audit.provenance import code_version, config_hash
 from fedmed.config import FederationConfig
 from fedmed.outputs import RunDirectory
 from fedmed.plots import plot_run
+from fedmed.privacy.job import DPJob
 from fedmed.server.recording import RecordingStrategy
 from fedmed.server.strategies import build_strategy
 from fedmed.state import state_dir
 from fedmed.tasks import TaskPack, get_task
+from fedmed.tasks.base import fingerprint_arrays
 from fedmed.training import get_weights, set_weights
 
+COORDINATOR_LOG = Path("audit") / "coordinator.jsonl"
 
-def fit_config_fn(config: FederationConfig, pack: TaskPack):  # noqa: ANN201
+
+def dp_job(config: FederationConfig) -> DPJob:
+    """The DP request every site receives with each round of this run."""
+    return DPJob(
+        enabled=config.dp,
+        target_epsilon=config.epsilon,
+        delta=config.delta,
+        noise_multiplier=config.noise_multiplier,
+        clip_norm=config.clip_norm,
+        accountant=config.accountant,
+        grad_sample_mode=config.grad_sample_mode,
+        num_rounds=config.num_server_rounds,
+    )
+
+
+def fit_config_fn(config: FederationConfig, pack: TaskPack, run_id: str = ""):  # noqa: ANN201
     """The per-round training instructions sent to every node."""
+    privacy = dp_job(config).to_fit_config()
 
     def fit_config(server_round: int) -> dict[str, Scalar]:
         return {
+            **privacy,
+            "run-id": run_id,
             "server-round": server_round,
             "local-epochs": config.local_epochs or pack.default_local_epochs,
             "batch-size": config.batch_size or pack.default_batch_size,
@@ -54,16 +83,25 @@ def default_run_dir(config: FederationConfig) -> Path:
     return state_dir("runs") / f"{config.federation}-{config.strategy}-{stamp}"
 
 
+def coordinator_audit(config: FederationConfig, run_dir: Path) -> AuditLog:
+    """The coordinator's signed log for this run, with the coordinator home's key."""
+    home = Path(config.coordinator_home) if config.coordinator_home else state_dir("coordinator")
+    return AuditLog.open(run_dir / COORDINATOR_LOG, home / "keys", "coordinator")
+
+
 def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> Path:
     """Run ``config.num_server_rounds`` rounds; return the run directory."""
     pack = get_task(config.task)
     sites = config.site_list(pack.site_names())
     torch.manual_seed(config.seed)
     model = pack.build_model()
+    root = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    run_id = f"{root.name}-{uuid.uuid4().hex[:8]}"
     run_dir = RunDirectory(
-        Path(config.run_dir) if config.run_dir else default_run_dir(config),
+        root,
         header={
             "fedmed-version": fedmed.__version__,
+            "run-id": run_id,
             "federation": config.federation,
             "task": config.task,
             "strategy": config.strategy,
@@ -72,27 +110,62 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
             "config": config.to_run_config(),
         },
     )
+    audit = coordinator_audit(config, run_dir.root)
+    audit.append(
+        "run-start",
+        {
+            "run": run_id,
+            "federation": config.federation,
+            "task": config.task,
+            "sites": sites,
+            "config_sha256": config_hash(config.to_run_config()),
+            "config": config.to_run_config(),
+            "code": code_version(),
+        },
+    )
     recorder = RecordingStrategy(
         build_strategy(
             config,
             num_sites=len(sites),
             initial_parameters=ndarrays_to_parameters(get_weights(model)),
-            on_fit_config_fn=fit_config_fn(config, pack),
+            on_fit_config_fn=fit_config_fn(config, pack, run_id),
         ),
         run_dir,
         num_rounds=config.num_server_rounds,
         primary_metric=pack.primary_metric,
+        min_nodes=min(config.min_nodes, len(sites)),
+        audit=audit,
     )
     legacy_context = LegacyContext(
         context=context,
         config=ServerConfig(num_rounds=config.num_server_rounds),
         strategy=recorder,
     )
-    DefaultWorkflow()(grid, legacy_context)
-    if recorder.latest_weights is not None:
-        set_weights(model, recorder.latest_weights)
-        torch.save(model.state_dict(), run_dir.root / "model.pt")
-    plot_run(run_dir.document, run_dir.root / "plots")
+    status = "failed"
+    try:
+        DefaultWorkflow()(grid, legacy_context)
+        status = "completed"
+    except Exception as exc:
+        status = f"stopped: {exc}"
+        raise
+    finally:
+        if recorder.latest_weights is not None:
+            set_weights(model, recorder.latest_weights)
+            torch.save(model.state_dict(), run_dir.root / "model.pt")
+        plot_run(run_dir.document, run_dir.root / "plots")
+        audit.append(
+            "run-end",
+            {
+                "run": run_id,
+                "status": status,
+                "rounds": len(run_dir.document["rounds"]),
+                "model_sha256": (
+                    fingerprint_arrays(recorder.latest_weights) if recorder.latest_weights else ""
+                ),
+                "privacy": run_dir.document["privacy"],
+                "client_privacy": run_dir.document.get("client_privacy", {}),
+            },
+        )
     return run_dir.root
 
 
@@ -103,7 +176,8 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_coordinator(grid, context, FederationConfig.from_run_config({**context.run_config, **extra}))
+        config = FederationConfig.from_run_config({**context.run_config, **extra})
+        run_coordinator(grid, context, config)
 
     return server_app
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from logging import INFO
+from typing import Any
 
+from flwr.common.logger import log
 from rich.console import Console
 from rich.table import Table
 
+from fedmed.outputs import json_safe
+
 console = Console(stderr=True, highlight=False)
+# Prefix of the one machine-readable line a run ends with (read by `fedmed run --coordinator`).
+RESULT_MARKER = "FEDMED-RESULT "
 
 
 def round_line(
@@ -31,6 +39,17 @@ def round_line(
 def note(message: str) -> None:
     """A warning the operator should see (refusals, failures, rejected updates)."""
     console.print(f"[yellow]{message}[/yellow]")
+
+
+def result_line(summary: Mapping[str, Any]) -> None:
+    """Log the run's final results as one JSON line through Flower's logger.
+
+    A deployed ServerApp's log is what ``flwr log`` streams to the submitter, who may
+    be on another machine than the run directory; this line carries the per-site
+    table there. Flower's logger is quiet in embedded simulation (fedmed.simulation),
+    so the line never clutters a local run's console.
+    """
+    log(INFO, "%s%s", RESULT_MARKER, json.dumps(json_safe(dict(summary)), separators=(",", ":")))
 
 
 def results_table(

@@ -1,15 +1,26 @@
-"""A strategy wrapper that records what the inner Flower strategy does.
+"""A strategy wrapper that admits, records and audits what the inner Flower strategy does.
 
-Flower's strategies aggregate; they do not keep per-site results or checkpoints.
-:class:`RecordingStrategy` delegates every decision to the wrapped strategy and,
-around it, writes each site's fit and evaluation metrics, failures, and the
-global weights of every round into the run directory. It never changes the
-aggregate, so FedAvg stays FedAvg.
+Flower's strategies aggregate; they do not keep per-site results, checkpoints or an
+audit trail, and they would average a refusal like any other reply.
+:class:`RecordingStrategy` sits in front of the wrapped strategy and, each round:
+
+- drops the replies of sites that refused the round (metric ``refused = 1``, see
+  ``fedmed.clients.app``) before aggregation, and logs each refusal three ways:
+  an event in the run directory, a ``refusal`` entry in the coordinator's signed
+  audit log, and a note on the console;
+- stops the run (:class:`FederationStopped`) when refusals leave fewer than
+  ``min_nodes`` sites, rather than publish a model of too few sites;
+- writes each site's fit and evaluation metrics and privacy summary
+  (``privacy.<site>`` in metrics.json), the global weights (checkpoint) and a signed
+  ``round`` entry with the model's SHA-256 and the audit-log heads the sites reported.
+
+It never changes what it lets through, so FedAvg stays FedAvg.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from flwr.common import (
@@ -25,12 +36,35 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from fedmed.audit import AuditLog
+from fedmed.errors import FedmedError
 from fedmed.outputs import RunDirectory
 from fedmed.server import progress
+from fedmed.tasks.base import fingerprint_arrays
 
 FitResults = list[tuple[ClientProxy, FitRes]]
 EvaluateResults = list[tuple[ClientProxy, EvaluateRes]]
 Failures = list[tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException]
+# Fit metrics a site reports about its privacy, and their names in metrics.json.
+PRIVACY_METRICS = {
+    "epsilon": "epsilon",
+    "delta": "delta",
+    "epsilon-budget": "epsilon_budget",
+    "accountant": "accountant",
+    "noise-multiplier": "noise_multiplier",
+    "sample-rate": "sample_rate",
+    "clip-norm": "clip_norm",
+}
+CLIENT_PRIVACY_METRICS = {
+    "client-epsilon": "epsilon",
+    "client-delta": "delta",
+    "client-noise-multiplier": "noise_multiplier",
+    "client-clip-norm": "clip_norm",
+}
+
+
+class FederationStopped(FedmedError):
+    """The coordinator ended the run: too few sites accepted a round."""
 
 
 def _site_of(proxy: ClientProxy, metrics: dict[str, Scalar]) -> str:
@@ -41,17 +75,30 @@ def _describe_failures(failures: Sequence[object]) -> list[str]:
     return [repr(f) if isinstance(f, BaseException) else "node returned an error" for f in failures]
 
 
+def _is_refusal(res: FitRes) -> bool:
+    return bool(res.metrics.get("refused", 0))
+
+
 class RecordingStrategy(Strategy):
-    """Delegates to ``inner``; records per-site metrics and checkpoints in ``run_dir``."""
+    """Admits, records and audits around ``inner`` (see the module docstring)."""
 
     def __init__(
-        self, inner: Strategy, run_dir: RunDirectory, num_rounds: int, primary_metric: str
+        self,
+        inner: Strategy,
+        run_dir: RunDirectory,
+        num_rounds: int,
+        primary_metric: str,
+        min_nodes: int = 1,
+        audit: AuditLog | None = None,
     ) -> None:
         self.inner = inner
         self.run_dir = run_dir
         self.num_rounds = num_rounds
         self.primary_metric = primary_metric
+        self.min_nodes = min_nodes
+        self.audit = audit
         self.latest_weights: list[np.ndarray] | None = None
+        self.participation: dict[str, dict[str, int]] = {}
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.inner!r})"
@@ -75,14 +122,83 @@ class RecordingStrategy(Strategy):
             for proxy, res in results
         }
         self.run_dir.record_fit(server_round, per_site)
+        accepted = [(proxy, res) for proxy, res in results if not _is_refusal(res)]
+        refused = {site: m for site, m in per_site.items() if m.get("refused")}
+        self._record_participation(per_site)
+        for site, metrics in sorted(refused.items()):
+            self._record_refusal(server_round, site, str(metrics.get("reason", "")))
         for reason in _describe_failures(failures):
             self.run_dir.record_event(server_round, {"kind": "fit-failure", "detail": reason})
             progress.note(f"round {server_round}: a node failed during training: {reason}")
-        parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        if refused and len(accepted) < self.min_nodes:
+            self._stop(server_round, len(accepted), refused)
+        parameters, metrics = self.inner.aggregate_fit(server_round, accepted, failures)
         if parameters is not None:
             self.latest_weights = parameters_to_ndarrays(parameters)
             self.run_dir.save_checkpoint(server_round, self.latest_weights)
+            self._audit_round(server_round, accepted, sorted(refused), metrics)
+        client_privacy = {
+            name: metrics[key] for key, name in CLIENT_PRIVACY_METRICS.items() if key in metrics
+        }
+        if client_privacy:
+            self.run_dir.record_client_privacy(client_privacy)
         return parameters, metrics
+
+    def _record_participation(self, per_site: Mapping[str, Mapping[str, Any]]) -> None:
+        """Each site's privacy summary and its joined/refused round counts in metrics.json."""
+        for site, metrics in per_site.items():
+            counts = self.participation.setdefault(site, {"rounds_joined": 0, "rounds_refused": 0})
+            counts["rounds_refused" if metrics.get("refused") else "rounds_joined"] += 1
+            summary = dict(self.run_dir.document["privacy"].get(site, {}))
+            summary.update(
+                {name: metrics[key] for key, name in PRIVACY_METRICS.items() if key in metrics}
+            )
+            self.run_dir.record_privacy(site, {**summary, **counts})
+
+    def _record_refusal(self, server_round: int, site: str, reason: str) -> None:
+        self.run_dir.record_event(server_round, {"kind": "refusal", "site": site, "reason": reason})
+        if self.audit is not None:
+            self.audit.append("refusal", {"round": server_round, "site": site, "reason": reason})
+        progress.note(f"round {server_round}: {site} refused to train: {reason}")
+
+    def _stop(self, server_round: int, accepted: int, refused: Mapping[str, Any]) -> None:
+        reasons = "; ".join(f"{site}: {m.get('reason', '')}" for site, m in sorted(refused.items()))
+        message = (
+            f"round {server_round}: only {accepted} site(s) accepted, fewer than min-nodes "
+            f"{self.min_nodes}; the run stops. Refused — {reasons}"
+        )
+        self.run_dir.record_stop(server_round, message)
+        raise FederationStopped(message)
+
+    def _audit_round(
+        self,
+        server_round: int,
+        accepted: FitResults,
+        refused: list[str],
+        metrics: Mapping[str, Scalar],
+    ) -> None:
+        """Sign the round: model hash, who joined, and the log heads the sites reported."""
+        if self.audit is None or self.latest_weights is None:
+            return
+        heads = {
+            _site_of(proxy, res.metrics): {
+                "key": res.metrics["audit-key"],
+                "seq": res.metrics["audit-seq"],
+                "hash": res.metrics["audit-hash"],
+            }
+            for proxy, res in accepted
+            if {"audit-key", "audit-seq", "audit-hash"} <= set(res.metrics)
+        }
+        joined = sorted(_site_of(proxy, res.metrics) for proxy, res in accepted)
+        payload: dict[str, Any] = {
+            "round": server_round,
+            "model_sha256": fingerprint_arrays(self.latest_weights),
+            "joined": joined,
+            "refused": refused,
+            "site_heads": heads,
+        }
+        payload.update({k: v for k, v in metrics.items() if k.startswith("client-")})
+        self.audit.append("round", payload)
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

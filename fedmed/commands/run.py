@@ -1,16 +1,27 @@
-"""``fedmed run`` and ``fedmed demo``: a federation folder, end to end, embedded."""
+"""``fedmed run`` and ``fedmed demo``: a federation folder, end to end, embedded.
+
+Runs are private by default (the federation's ``dp`` setting; ``--no-dp`` turns it
+off, and sites with a finite budget then refuse). Simulated site homes live in
+``--sites-home`` or ``<state>/sites/<federation>``, so ε composes across runs. The
+run ends with each site's ε and the compliance report (``report.html``) written
+into the run directory.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from fedmed.config import STRATEGIES, FederationConfig, load_federation
 from fedmed.server.progress import results_table
+from fedmed.state import state_root
 from fedmed.tasks import get_task
 
 DEFAULT_FEDERATION = Path(__file__).resolve().parents[2] / "examples" / "heart"
@@ -32,6 +43,24 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_privacy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="DP-SGD at every site (default: the federation's 'dp' setting, on in examples)",
+    )
+    parser.add_argument(
+        "--epsilon", type=float, help="target ε of this run at each site (per-example DP)"
+    )
+    parser.add_argument(
+        "--client-dp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also client-level DP at the coordinator (Flower's server-side clipping)",
+    )
+
+
 def federation_config(folder: Path, args: argparse.Namespace) -> FederationConfig:
     """The folder's settings with the command line's overrides applied."""
     settings: dict[str, Any] = load_federation(folder)
@@ -46,14 +75,24 @@ def federation_config(folder: Path, args: argparse.Namespace) -> FederationConfi
         ("strategy", args.strategy),
         ("seed", args.seed),
         ("sites-home", args.sites_home and str(args.sites_home.resolve())),
+        ("dp", getattr(args, "dp", None)),
+        ("epsilon", getattr(args, "epsilon", None)),
+        ("client-dp", getattr(args, "client_dp", None)),
     ):
         if value is not None:
             settings[key] = value
-    return FederationConfig.from_run_config(settings)
+    config = FederationConfig.from_run_config(settings)
+    if not config.sites_home:
+        default = state_root() / "sites" / config.federation
+        config = dataclasses.replace(config, sites_home=str(default))
+    return config
 
 
 def preflight(config: FederationConfig) -> None:
     """Open every site's data in this process first, so bad input fails in one clear line."""
+    from fedmed.server.app import dp_job
+
+    dp_job(config)  # unknown accountant or mode fails here, not inside the simulation
     pack = get_task(config.task)
     data_dir = Path(config.data_dir) if config.data_dir else None
     for site in config.site_list(pack.site_names(data_dir)):
@@ -61,20 +100,72 @@ def preflight(config: FederationConfig) -> None:
 
 
 def run_federation_folder(folder: Path, args: argparse.Namespace) -> int:
+    from fedmed.server.app import default_run_dir
     from fedmed.simulation import run_simulation
 
     config = federation_config(folder, args)
     preflight(config)
+    if not config.run_dir:  # fixed here so a stopped run still gets its report
+        config = dataclasses.replace(config, run_dir=str(default_run_dir(config).resolve()))
+    privacy = f"DP-SGD target ε {config.epsilon:g} per site" if config.dp else "no DP"
     console.print(
         f"[bold]fedmed[/bold] federation [cyan]{config.federation}[/cyan]: task {config.task}, "
-        f"{config.strategy}, {config.num_server_rounds} rounds"
+        f"{config.strategy}, {config.num_server_rounds} rounds, {privacy}; "
+        f"site homes in {config.sites_home}"
     )
-    run_dir = run_simulation(config)
+    run_dir = Path(config.run_dir)
+    try:
+        run_simulation(config)
+    except BaseException:  # a stopped run still gets its report (refusals are in it)
+        if (run_dir / "metrics.json").is_file():
+            report = write_run_report(run_dir, Path(config.sites_home))
+            console.print(f"privacy compliance report: [bold]{report}[/bold]")
+        raise
+    report = write_run_report(run_dir, Path(config.sites_home))
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     final = metrics["final"]
-    console.print(results_table(f"{config.federation}: final global model", final["per_site"], final["mean"]))
+    title = f"{config.federation}: final global model"
+    console.print(results_table(title, final["per_site"], final["mean"]))
+    console.print(privacy_table(metrics))
     console.print(f"run directory: [bold]{run_dir}[/bold]")
+    console.print(f"privacy compliance report: [bold]{report}[/bold]")
     return 0
+
+
+def write_run_report(run_dir: Path, sites_home: Path) -> Path:
+    """The compliance report of the run's coordinator log and the federation's site homes."""
+    from fedmed.audit.report_html import write_report
+
+    out = run_dir / "report.html"
+    write_report([run_dir, sites_home] if sites_home.is_dir() else [run_dir], out)
+    return out
+
+
+def privacy_table(metrics: dict[str, Any]) -> Table:
+    """Each site's total ε (all runs so far) after this run, with δ and budget."""
+    def fmt(value: Any) -> str:
+        return "unbounded" if value is None or math.isinf(float(value)) else f"{value:.3f}"
+
+    table = Table(title="privacy per site: ε spent over all runs on its site home")
+    columns = ("site", "ε spent", "δ", "ε budget", "rounds trained", "rounds refused")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "site" else "right")
+    for site, summary in sorted(metrics.get("privacy", {}).items()):
+        table.add_row(
+            site,
+            fmt(summary.get("epsilon")),
+            f"{summary.get('delta', float('nan')):g}",
+            fmt(summary.get("epsilon_budget")),
+            str(summary.get("rounds_joined", 0)),
+            str(summary.get("rounds_refused", 0)),
+        )
+    client = metrics.get("client_privacy")
+    if client:
+        table.caption = (
+            f"client-level DP at the coordinator: ε {fmt(client.get('epsilon'))} "
+            f"at δ {client.get('delta', float('nan')):g}"
+        )
+    return table
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -94,6 +185,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument("federation", type=Path, help="federation folder, e.g. examples/heart")
     add_run_options(run)
+    add_privacy_options(run)
     run.set_defaults(func=cmd_run)
 
     demo = subparsers.add_parser(
@@ -103,4 +195,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "VA Long Beach as four simulated hospital nodes.",
     )
     add_run_options(demo)
+    add_privacy_options(demo)
     demo.set_defaults(func=cmd_demo)

@@ -1,0 +1,115 @@
+"""A site home: the folder where a hospital keeps what must outlive every run.
+
+Layout::
+
+    policy.toml                 the site's privacy policy (fedmed.privacy.policy)
+    ledger.json                 every DP release ever made (fedmed.privacy.ledger)
+    audit.jsonl                 the site's signed audit log, with .pub and .head beside
+    keys/audit-ed25519.pem      the site's signing key (0600; never leaves the site)
+    .lock                       serialises check → train → record across processes
+
+A home that does not exist yet is created whole (in a temporary folder, then
+renamed) with the default policy — ε budget 10 at δ = 1e-5, σ ≥ 0.5, only the task
+of the job that created it, RDP accounting — an empty ledger and a new key. A home
+that exists is never repaired or reset: a missing or unreadable policy or ledger
+makes the node refuse (``PrivacyRefusal``), because recreating either would
+silently forget privacy already spent.
+
+Where homes live: ``site-home`` in a deployed node's config; in simulation
+``<sites-home>/<site>`` when the run sets ``sites-home``, else
+``<state>/sites/<federation>/<site>`` (state folder: ``fedmed.state.state_root()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from fedmed.audit import AuditError, AuditLog
+from fedmed.config import FederationConfig
+from fedmed.errors import PrivacyRefusal
+from fedmed.privacy.ledger import LEDGER_FILE, Ledger
+from fedmed.privacy.policy import POLICY_FILE, Policy, load_policy
+from fedmed.state import state_root
+
+AUDIT_FILE = "audit.jsonl"
+KEYS_DIR = "keys"
+LOCK_FILE = ".lock"
+
+
+def default_site_home(config: FederationConfig, site: str) -> Path:
+    """Where a simulated site keeps its home (see the module docstring)."""
+    if config.sites_home:
+        return Path(config.sites_home) / site
+    return state_root() / "sites" / config.federation / site
+
+
+class SiteHome:
+    """One site's home folder; every accessor fails closed."""
+
+    def __init__(self, root: Path, site: str) -> None:
+        self.root = Path(root)
+        self.site = site
+
+    @classmethod
+    def open(cls, root: Path, site: str, task: str | None = None) -> SiteHome:
+        """The home at ``root``, created with the default policy if the folder is absent."""
+        root = Path(root)
+        if not root.exists():
+            cls._create(root, site, Policy(allowed_tasks=(task,) if task else ("*",)))
+        elif not root.is_dir():
+            raise PrivacyRefusal(f"{root}: site home is not a folder")
+        return cls(root, site)
+
+    @classmethod
+    def _create(cls, root: Path, site: str, policy: Policy) -> None:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = root.parent / f".{root.name}.creating-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        try:
+            (staging / POLICY_FILE).write_text(policy.to_toml(), encoding="utf-8")
+            Ledger.create(staging / LEDGER_FILE, site)
+            log = AuditLog.open(staging / AUDIT_FILE, staging / KEYS_DIR, f"site:{site}")
+            log.append("site-home-created", {"site": site, "policy": policy.to_json()})
+            os.rename(staging, root)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not root.is_dir():  # another process did not create it first: a real error
+                raise
+
+    def policy(self) -> Policy:
+        return load_policy(self.root / POLICY_FILE)
+
+    def ledger(self) -> Ledger:
+        ledger = Ledger.load(self.root / LEDGER_FILE)
+        if ledger.site != self.site:
+            raise PrivacyRefusal(
+                f"{ledger.path}: ledger belongs to site {ledger.site!r}, not {self.site!r}"
+            )
+        return ledger
+
+    def audit(self) -> AuditLog:
+        """The site's audit log, verified before use; AuditError if missing or tampered with.
+
+        Other writers (e.g. the de-identification gate's ``deid-batch`` entries) append
+        through this, inside :meth:`lock`, so entries from two processes never interleave.
+        """
+        path = self.root / AUDIT_FILE
+        if not path.is_file():
+            raise AuditError(f"{path}: site audit log missing; refusing to continue")
+        return AuditLog.open(path, self.root / KEYS_DIR, f"site:{self.site}")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive use of this home: two runs on one site cannot both spend the same budget."""
+        with open(self.root / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

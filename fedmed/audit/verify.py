@@ -1,0 +1,228 @@
+"""Offline verification of audit logs: chain, signatures, canonical bytes, signed head.
+
+What a passing check proves, for a log ``X.jsonl`` with ``X.jsonl.pub`` beside it:
+
+- every line is the canonical JSON of its entry, so no byte can change without
+  changing a hashed or signed value (whitespace, key order, escapes, number
+  spelling and hex case included);
+- entry ``n`` has ``seq = n`` and carries the hash of entry ``n - 1``: nothing was
+  inserted, removed or reordered in the middle;
+- every entry hash is recomputed and every signature checks against the public key,
+  which entry 0 names by fingerprint;
+- the signed head ``X.jsonl.head`` names an entry that is present with that hash:
+  entries were not cut from the end below the last signed head. (Replacing the head
+  by an older signed copy together with the tail is the one change a single log
+  cannot show; :func:`verify_tree` also checks the log heads that other parties
+  witnessed and signed in their own logs — the coordinator records every site's
+  head each round — so a truncated site log fails when verified beside the
+  coordinator's log.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fedmed.audit.keys import AuditError, fingerprint, load_public_key, signature_valid
+from fedmed.audit.log import (
+    ENTRY_DOMAIN,
+    ENTRY_KEYS,
+    GENESIS,
+    canonical,
+    entry_hash,
+    head_message,
+    head_path,
+    pub_path,
+)
+
+HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
+HEX_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class LogCheck:
+    """The result of verifying one log. ``line`` is the 1-based line of the first bad entry."""
+
+    path: Path
+    ok: bool
+    line: int | None = None
+    reason: str = ""
+    key: str = ""
+    party: str = ""
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last_seq(self) -> int:
+        return self.entries[-1]["seq"] if self.entries else -1
+
+    @property
+    def last_hash(self) -> str:
+        return self.entries[-1]["hash"] if self.entries else GENESIS
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"intact, {len(self.entries)} entries"
+        where = f"line {self.line}: " if self.line is not None else ""
+        return f"first bad entry at {where}{self.reason}"
+
+
+def verify_log(path: Path) -> LogCheck:
+    """Verify one log file (see the module docstring for what is checked)."""
+    path = Path(path)
+    try:
+        public_key = load_public_key(pub_path(path))
+        data = path.read_bytes()
+    except (AuditError, OSError) as exc:
+        return LogCheck(path, False, None, str(exc))
+    key = fingerprint(public_key)
+    entries: list[dict[str, Any]] = []
+    party = ""
+
+    def bad(line: int, reason: str) -> LogCheck:
+        return LogCheck(path, False, line, reason, key, party, entries)
+
+    if not data:
+        return bad(1, "the log is empty (entry 0 is missing)")
+    lines = data.split(b"\n")
+    if lines[-1] != b"":
+        return bad(len(lines), "the last entry is not terminated by a newline (cut or appended)")
+    previous = GENESIS
+    for number, raw in enumerate(lines[:-1], start=1):
+        seq = number - 1
+        try:
+            text = raw.decode("ascii")
+            entry = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return bad(number, "not a JSON entry")
+        problem = _entry_problem(entry, text, seq, previous)
+        if problem:
+            return bad(number, problem)
+        if not signature_valid(
+            public_key, bytes.fromhex(entry["sig"]), ENTRY_DOMAIN + entry["hash"].encode("ascii")
+        ):
+            return bad(number, "signature does not match the party's public key")
+        if seq == 0:
+            if entry["kind"] != "log-start" or entry["payload"].get("key") != key:
+                return bad(number, "entry 0 does not start the log with this public key")
+            party = str(entry["payload"].get("party", ""))
+        entries.append(entry)
+        previous = entry["hash"]
+    problem, line = _head_problem(path, public_key, entries)
+    if problem:
+        return bad(line, problem)
+    return LogCheck(path, True, None, "", key, party, entries)
+
+
+def _entry_problem(entry: Any, text: str, seq: int, previous: str) -> str:
+    """Why ``entry`` (parsed from ``text``) is not entry ``seq`` after ``previous``; '' if fine."""
+    if not isinstance(entry, dict) or tuple(sorted(entry)) != ENTRY_KEYS:
+        return "entry fields are not " + ", ".join(ENTRY_KEYS)
+    try:
+        if canonical(entry) != text:
+            return "entry is not in canonical form (bytes were changed)"
+    except ValueError:
+        return "entry holds a non-finite number"
+    if type(entry["seq"]) is not int or entry["seq"] != seq:
+        return (
+            f"sequence number {entry['seq']!r} where {seq} was expected "
+            "(entries removed, inserted or reordered)"
+        )
+    if not (isinstance(entry["kind"], str) and isinstance(entry["time"], str)):
+        return "kind and time must be strings"
+    if not isinstance(entry["payload"], dict):
+        return "payload must be an object"
+    if entry["prev"] != previous:
+        return "does not chain to the previous entry (prev hash differs)"
+    if not (isinstance(entry["hash"], str) and HEX_HASH.fullmatch(entry["hash"])):
+        return "hash is not 64 lowercase hex digits"
+    expected = entry_hash(seq, entry["time"], entry["kind"], entry["payload"], entry["prev"])
+    if entry["hash"] != expected:
+        return "content does not match its hash"
+    if not (isinstance(entry["sig"], str) and HEX_SIGNATURE.fullmatch(entry["sig"])):
+        return "signature is not 128 lowercase hex digits"
+    return ""
+
+
+def _head_problem(path: Path, public_key: Any, entries: list[dict[str, Any]]) -> tuple[str, int]:
+    """Check the signed head against the entries; ('', 0) when it is consistent."""
+    head_file = head_path(path)
+    after_last = len(entries) + 1
+    try:
+        text = head_file.read_text(encoding="ascii")
+        head = json.loads(text)
+    except FileNotFoundError:
+        return f"signed head {head_file.name} is missing (cannot rule out a cut tail)", after_last
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"signed head {head_file.name} is unreadable", after_last
+    if (
+        not isinstance(head, dict)
+        or sorted(head) != ["hash", "seq", "sig"]
+        or type(head["seq"]) is not int
+        or not isinstance(head["hash"], str)
+        or not (isinstance(head["sig"], str) and HEX_SIGNATURE.fullmatch(head["sig"]))
+        or canonical(head) + "\n" != text
+    ):
+        return f"signed head {head_file.name} is malformed", after_last
+    if not signature_valid(
+        public_key, bytes.fromhex(head["sig"]), head_message(head["seq"], head["hash"])
+    ):
+        return f"signed head {head_file.name} has a bad signature", after_last
+    if head["seq"] >= len(entries) or head["seq"] < 0:
+        return (
+            f"the signed head names entry {head['seq']} but the log ends at entry "
+            f"{len(entries) - 1}: entries were removed from the end",
+            after_last,
+        )
+    if entries[head["seq"]]["hash"] != head["hash"]:
+        return "entry named by the signed head has a different hash", head["seq"] + 1
+    return "", 0
+
+
+def find_logs(root: Path) -> list[Path]:
+    """Every ``*.jsonl`` audit log under ``root`` (or ``root`` itself), sorted."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*.jsonl") if p.is_file())
+
+
+def verify_tree(roots: Iterable[Path]) -> list[LogCheck]:
+    """Verify every log under ``roots``, then the heads each log witnessed of the others."""
+    checks = [verify_log(path) for root in roots for path in find_logs(root)]
+    by_key: dict[str, int] = {c.key: i for i, c in enumerate(checks) if c.ok and c.key}
+    for witness in list(checks):
+        for seen_key, seq, digest in _witnessed_heads(witness):
+            index = by_key.get(seen_key)
+            if index is None or not checks[index].ok:
+                continue
+            target = checks[index]
+            if seq >= len(target.entries):
+                reason = (
+                    f"entry {seq} (witnessed in {witness.path.name}) is missing: "
+                    "entries were removed from the end"
+                )
+                checks[index] = replace(
+                    target, ok=False, line=len(target.entries) + 1, reason=reason
+                )
+            elif target.entries[seq]["hash"] != digest:
+                reason = f"entry {seq} differs from the one witnessed in {witness.path.name}"
+                checks[index] = replace(target, ok=False, line=seq + 1, reason=reason)
+    return checks
+
+
+def _witnessed_heads(check: LogCheck) -> list[tuple[str, int, str]]:
+    """(key, seq, hash) of other parties' log heads recorded in ``check``'s ``round`` entries."""
+    if not check.ok:
+        return []
+    heads: list[tuple[str, int, str]] = []
+    for entry in check.entries:
+        if entry["kind"] != "round":
+            continue
+        for seen in (entry["payload"].get("site_heads") or {}).values():
+            if isinstance(seen, dict) and isinstance(seen.get("seq"), int):
+                heads.append((str(seen.get("key")), seen["seq"], str(seen.get("hash"))))
+    return heads

@@ -1,0 +1,147 @@
+"""The per-site privacy ledger: ``ledger.json`` in the site home.
+
+Every DP release the site makes (one federated round of DP-SGD on its data) is one
+entry: which run and round, which task, the mechanism's parameters (noise
+multiplier σ, Poisson sample rate q, number of noisy steps, clipping norm), the δ and
+accountant ε was measured with, the ε of the whole history after the release, and
+the fingerprint of the data trained on. The list of ``(σ, q, steps)`` is the
+accountant's history: it is the only source of ε (see :mod:`fedmed.privacy.accounting`),
+so the ledger survives restarts and composes across runs of the same site.
+
+Durability: the whole file is rewritten through :func:`fedmed.outputs.write_bytes_durable`
+(temporary file, fsync, rename, fsync of the folder) before the node lets the update
+leave. Fail closed: a missing or malformed ledger raises
+:class:`~fedmed.errors.PrivacyRefusal` — an unreadable record of spent privacy is
+never read as "nothing spent".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedmed.errors import PrivacyRefusal
+from fedmed.outputs import write_bytes_durable
+from fedmed.privacy.accounting import epsilon_of
+
+LEDGER_FILE = "ledger.json"
+LEDGER_FORMAT = "fedmed-ledger/1"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One DP release. ``epsilon_after`` is ε of the history up to and including it."""
+
+    run: str
+    round: int
+    task: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    accountant: str
+    epsilon_after: float
+    clip_norm: float
+    dataset: str
+    time: str
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        if not math.isfinite(self.epsilon_after):
+            document["epsilon_after"] = None  # unbounded (a release without noise)
+        return document
+
+    @classmethod
+    def from_json(cls, document: Any, where: str) -> LedgerEntry:
+        if not isinstance(document, dict):
+            raise PrivacyRefusal(f"{where}: a release is not a JSON object")
+        names = {f.name: f.type for f in fields(cls)}
+        if set(document) != set(names):
+            raise PrivacyRefusal(
+                f"{where}: release fields {sorted(document)} differ from {sorted(names)}"
+            )
+        values: dict[str, Any] = {}
+        for name, kind in names.items():
+            value = document[name]
+            if name == "epsilon_after" and value is None:
+                values[name] = math.inf
+            elif kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+                values[name] = value
+            elif kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+                values[name] = float(value)
+            elif kind == "str" and isinstance(value, str):
+                values[name] = value
+            else:
+                raise PrivacyRefusal(f"{where}: release field {name!r} has a bad value {value!r}")
+        if values["steps"] < 1 or not 0.0 < values["sample_rate"] <= 1.0:
+            raise PrivacyRefusal(f"{where}: release with impossible steps or sample rate")
+        if values["noise_multiplier"] < 0 or not 0.0 < values["delta"] < 1.0:
+            raise PrivacyRefusal(f"{where}: release with impossible noise multiplier or delta")
+        return cls(**values)
+
+
+class Ledger:
+    """The releases of one site, in order; append-only through :meth:`append`."""
+
+    def __init__(self, path: Path, site: str, releases: list[LedgerEntry]) -> None:
+        self.path = Path(path)
+        self.site = site
+        self.releases = releases
+
+    @classmethod
+    def create(cls, path: Path, site: str) -> Ledger:
+        """A new, empty ledger written to ``path`` (which must not exist)."""
+        if Path(path).exists():
+            raise PrivacyRefusal(f"{path}: a ledger already exists; it is never overwritten")
+        ledger = cls(path, site, [])
+        ledger._write()
+        return ledger
+
+    @classmethod
+    def load(cls, path: Path) -> Ledger:
+        """Read ``ledger.json``; PrivacyRefusal if missing or malformed (fail closed)."""
+        path = Path(path)
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PrivacyRefusal(f"{path}: privacy ledger missing; refusing to train") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PrivacyRefusal(f"{path}: privacy ledger unreadable ({exc})") from None
+        if not isinstance(document, dict) or document.get("format") != LEDGER_FORMAT:
+            raise PrivacyRefusal(f"{path}: not a {LEDGER_FORMAT} ledger")
+        site, releases = document.get("site"), document.get("releases")
+        if not isinstance(site, str) or not isinstance(releases, list):
+            raise PrivacyRefusal(f"{path}: ledger lacks its site name or release list")
+        entries = [
+            LedgerEntry.from_json(item, f"{path} release {index + 1}")
+            for index, item in enumerate(releases)
+        ]
+        return cls(path, site, entries)
+
+    def history(self) -> list[tuple[float, float, int]]:
+        """The accountant history ``[(σ, q, steps), ...]`` of every release."""
+        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.releases]
+
+    def spent(self, delta: float, accountant: str) -> float:
+        """ε of every release so far, at ``delta`` (recomputed from the history)."""
+        return epsilon_of(self.history(), delta, accountant)
+
+    def append(self, entry: LedgerEntry) -> None:
+        """Record ``entry`` durably; when this returns, the release is on disk."""
+        self.releases.append(entry)
+        try:
+            self._write()
+        except OSError as exc:
+            self.releases.pop()
+            raise PrivacyRefusal(f"{self.path}: cannot record the release ({exc})") from None
+
+    def _write(self) -> None:
+        document = {
+            "format": LEDGER_FORMAT,
+            "site": self.site,
+            "releases": [entry.to_json() for entry in self.releases],
+        }
+        write_bytes_durable(self.path, (json.dumps(document, indent=1) + "\n").encode())

@@ -1,0 +1,220 @@
+"""DP-SGD for any task pack: Opacus's ``make_private`` as a ``fedmed.training`` loop wrapper.
+
+:class:`DPTrainer` plugs into :func:`fedmed.training.train_round` through its
+``wrap`` argument, so every pack trains privately without knowing about Opacus:
+Poisson sampling (sample rate q = 1 / batches per epoch), per-example clipping to
+``clip_norm``, Gaussian noise σ·clip_norm on every step, flat clipping.
+
+The engine's own accountant is used only to check that Opacus ran exactly the
+planned mechanism (σ, q, steps); ε always comes from the site ledger's full history
+(:mod:`fedmed.privacy.accounting`), never from an engine that started empty.
+
+Models are validated first: BatchNorm (or any module Opacus cannot give
+per-example gradients for) is refused with the offending layer names — fedmed does
+not silently swap in GroupNorm, which changes the model being trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from opacus.grad_sample.utils import wrap_model
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader, Dataset
+
+from fedmed.errors import ConfigError
+from fedmed.privacy.accounting import compact
+
+GRAD_SAMPLE_MODES = ("auto", "ew", "hooks", "functorch")
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def poisson_schedule(dataset_size: int, batch_size: int) -> tuple[float, int]:
+    """(sample rate q, steps per epoch) exactly as Opacus will run and account them.
+
+    ``make_private`` turns a loader of n = ceil(size / batch) batches into Poisson
+    sampling with rate 1/n and ``int(1 / (1/n))`` steps per epoch, then accounts each
+    step at rate 1 / (steps per epoch). Floating point makes that n - 1 for some n
+    (93, 99, ...), so the schedule is computed the same way here; the accounted rate
+    is then slightly above the sampling rate, which errs on the safe side.
+    """
+    if dataset_size < 1 or batch_size < 1:
+        raise ConfigError(f"cannot train on {dataset_size} examples in batches of {batch_size}")
+    steps_per_epoch = int(1 / (1 / math.ceil(dataset_size / batch_size)))
+    return 1.0 / steps_per_epoch, steps_per_epoch
+
+
+def validate_model(model: nn.Module, task: str = "") -> None:
+    """ConfigError naming every layer that DP-SGD cannot train (BatchNorm first of all)."""
+    norms = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    ]
+    owner = f"task {task!r}: " if task else ""
+    if norms:
+        raise ConfigError(
+            f"{owner}model uses BatchNorm ({', '.join(norms)}), which mixes examples within a "
+            "batch so per-example gradients and DP-SGD are impossible; use GroupNorm or "
+            "LayerNorm in the task pack"
+        )
+    problems = ModuleValidator.validate(model, strict=False)
+    if problems:
+        raise ConfigError(f"{owner}model cannot be trained with DP-SGD: {problems[0]}")
+
+
+_MODE_CACHE: dict[str, str] = {}
+
+
+def select_grad_sample_mode(model: nn.Module, dataset: Dataset, loss: LossFn, batch: int) -> str:
+    """``ew`` when it gives this model correct per-example gradients, else ``hooks``.
+
+    Measured (``bench/dp_overhead.py``, DESIGN.md §5): PyTorch's expanded weights
+    (``ew``) is as fast as Opacus's ``hooks`` or faster wherever it works, but it fails
+    or is wrong for some layers, sometimes only at some batch sizes (grouped
+    convolutions). So ``ew`` is tried on batches of several sizes — Poisson sampling
+    makes every size occur — and kept only if it matches ``hooks`` (Opacus's
+    reference) on all of them. The choice is a rule, not a timing race, so a seeded
+    run gives the same numbers in every process. Cached per architecture; the global
+    RNG is left untouched.
+    """
+    signature = repr(model)
+    if signature not in _MODE_CACHE:
+        size = min(batch, len(dataset))  # type: ignore[arg-type]
+        sizes = sorted({size, max(1, size - 1), max(1, size // 2 + 1), 1}, reverse=True)
+        with torch.random.fork_rng(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Even an unshuffled DataLoader draws a seed from the global RNG: keep it inside.
+            inputs, targets = next(iter(DataLoader(dataset, batch_size=size, shuffle=False)))
+            _MODE_CACHE[signature] = (
+                "ew"
+                if all(
+                    _modes_agree(model, inputs[:n], targets[:n], loss, ("ew", "hooks"))
+                    for n in sizes
+                )
+                else "hooks"
+            )
+    return _MODE_CACHE[signature]
+
+
+def _modes_agree(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss: LossFn,
+    modes: tuple[str, str],
+) -> bool:
+    """Whether both modes compute the same per-example gradients (a failing mode: no)."""
+    results = []
+    for mode in modes:
+        clone = copy.deepcopy(model)
+        try:
+            wrapped = wrap_model(
+                clone, grad_sample_mode=mode, batch_first=True, loss_reduction="mean"
+            )
+            torch.manual_seed(0)  # the same dropout masks in both modes
+            loss(wrapped(inputs), targets).backward()
+        except Exception:  # noqa: BLE001 - a mode that cannot handle this model is ruled out
+            return False
+        results.append([p.grad_sample.detach() for p in clone.parameters() if p.requires_grad])
+    return all(
+        torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+        for a, b in zip(results[0], results[1], strict=True)
+    )
+
+
+def _tolerate_empty_batches(optimizer: DPOptimizer) -> None:
+    """Let ``step()`` follow a Poisson-sampled empty batch.
+
+    DP-SGD must still take the step — noise is added whether or not any example was
+    drawn, or the absence of noise would reveal an empty draw — and
+    ``fedmed.training`` does so by calling ``step()`` without a forward pass (the
+    ``ew`` mode cannot run a batch of size 0). Opacus then finds no per-example
+    gradients; the per-example gradients of an empty batch are an empty tensor, which
+    is installed here, so clipping sums nothing and the step adds pure noise.
+    """
+    pre_step = optimizer.pre_step
+
+    def pre_step_tolerating_empty(closure: Callable[[], float] | None = None) -> bool | None:
+        for param in optimizer.params:
+            if getattr(param, "grad_sample", None) is None:
+                param.grad_sample = param.new_zeros((0, *param.shape))
+        return pre_step(closure)
+
+    optimizer.pre_step = pre_step_tolerating_empty  # type: ignore[method-assign]
+
+
+@dataclass
+class DPTrainer:
+    """One round of DP-SGD with a fixed, pre-approved mechanism.
+
+    Use ``trainer.wrap`` as the ``wrap`` argument of ``train_round`` and call
+    :meth:`verify` afterwards: it raises if Opacus did not run exactly ``steps`` noisy
+    steps at (``noise_multiplier``, ``sample_rate``) — the mechanism the ledger records.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clip_norm: float
+    loss: LossFn
+    grad_sample_mode: str = "auto"
+    task: str = ""
+    mode_used: str = ""
+
+    def __post_init__(self) -> None:
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(
+                f"grad-sample-mode {self.grad_sample_mode!r} unknown; expected one of "
+                + ", ".join(GRAD_SAMPLE_MODES)
+            )
+        if not (self.noise_multiplier > 0 and self.clip_norm > 0):
+            raise ConfigError("DP-SGD needs a positive noise multiplier and clipping norm")
+        self._engine: PrivacyEngine | None = None
+
+    def wrap(
+        self, model: nn.Module, optimizer: Optimizer, loader: DataLoader
+    ) -> tuple[nn.Module, Optimizer, DataLoader]:
+        """Opacus's ``make_private`` on the loop's objects (a ``fedmed.training.LoopWrapper``)."""
+        validate_model(model, self.task)
+        rate, _ = poisson_schedule(len(loader.dataset), loader.batch_size or 1)  # type: ignore[arg-type]
+        if rate != self.sample_rate:
+            raise ConfigError(
+                f"planned sample rate {self.sample_rate}, but this loader gives {rate}"
+            )
+        mode = self.grad_sample_mode
+        if mode == "auto":
+            mode = select_grad_sample_mode(model, loader.dataset, self.loss, loader.batch_size or 1)
+        self.mode_used = mode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # secure-RNG and grad-accumulation notices
+            self._engine = PrivacyEngine(accountant="rdp")
+            private_model, private_optimizer, private_loader = self._engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.clip_norm,
+                poisson_sampling=True,
+                grad_sample_mode=mode,
+            )
+        _tolerate_empty_batches(private_optimizer)
+        return private_model, private_optimizer, private_loader
+
+    def verify(self) -> None:
+        """RuntimeError unless the engine ran exactly the planned (σ, q, steps)."""
+        if self._engine is None:
+            raise RuntimeError("DPTrainer.verify() called before training")
+        ran = compact(self._engine.accountant.history)
+        planned = [(float(self.noise_multiplier), float(self.sample_rate), int(self.steps))]
+        if ran != planned:
+            raise RuntimeError(f"DP-SGD ran {ran}, but the approved mechanism was {planned}")
