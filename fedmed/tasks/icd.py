@@ -1,0 +1,317 @@
+"""ICD-style multi-label coding of de-identified clinical notes, at four hospitals.
+
+Data flow (DESIGN.md §1): raw note → de-identification gate → tokenizer → model. The built-in
+sites hold the raw synthetic notes of :mod:`fedmed.data.icd_synth` (26 codes, long-tailed,
+negated mentions, per-hospital dialects, PHI in every note); :func:`load_site` hands them to
+:func:`fedmed.data.text_admission.admitted_site_notes`, which runs the site's gate and caches
+what it released. Only released text ever reaches :func:`encode`. The site home that holds the
+gate's secret, quarantine and cache is ``data_dir`` when given, else
+``<state>/gate/icd/<site>`` — not ``<state>/sites/<federation>/<site>``: the node creates that
+folder whole on its first round and refuses one that already exists without a policy, and
+packs load their data before that.
+
+Tokenizer: lower-cased word tokens (digits folded to ``0``) *hashed* into a fixed vocabulary of
+:data:`VOCAB_SIZE` ids (CRC-32; id 0 is padding). Every site gets the same ids for the same
+words without sharing a vocabulary built from anyone's notes — a vocabulary would leak which
+words (surrogate names included) a site's notes contain.
+
+Model (:class:`CamlNet`): CAML (Mullenbach et al., NAACL 2018) — embedding, one convolution
+over the words, then *per-code attention*: each code weighs the positions of the note on its
+own and scores the weighted sum. Written with two ``nn.Linear`` layers over every position
+(attention scores and per-position code scores, whose attention-weighted sum equals CAML's
+``w_l · Σ α_lt h_t + b_l``), so Opacus computes per-example gradients with its standard
+layers — no custom layer, no BatchNorm. The attention weights are the explanation:
+:func:`attention_evidence` returns, per predicted code, the spans of released text the code
+attended to most (each span is the convolution's receptive field around the position).
+
+Metrics: ``micro_f1`` (primary; every note-code decision counts once, so frequent codes
+dominate), ``macro_f1`` (the mean over codes that occur in the evaluated notes: the long tail
+counts as much as the head) and ``precision_at_5`` (CAML's P@k: correct codes among the five
+highest-scoring, divided by 5 — with ~3 codes per note its ceiling is about 0.6). Decisions at
+probability 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import Dataset
+
+from fedmed.data.icd_synth import (
+    CODE_IDS,
+    N_TEST_DEFAULT,
+    N_TRAIN_DEFAULT,
+    SITES,
+    describe,
+    site_notes,
+)
+from fedmed.data.text_admission import Admission, AdmittedNote, admitted_site_notes
+from fedmed.errors import ConfigError, DataError
+from fedmed.state import state_dir
+from fedmed.tasks import register_task
+from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
+
+VOCAB_SIZE = 4096
+MAX_TOKENS = 192
+EMBED_DIM = 64
+CHANNELS = 64
+KERNEL = 7  # the receptive field: "no evidence of <code>" and "<code> ruled out" fit in it
+THRESHOLD = 0.5
+TOP_K = 5
+# The built-in sites are one fixed draw: test notes never depend on the training seed (the
+# task-pack contract), and one admission per site is cached for every seed and run.
+DATA_SEED = 0
+TOKEN_RE = re.compile(r"[a-z0-9]+")
+
+
+# ------------------------------------------------------------------------------ tokenizer
+def tokenize(text: str) -> list[tuple[str, int, int]]:
+    """Word tokens of ``text`` with their character offsets, normalised for hashing."""
+    return [(re.sub(r"\d", "0", m.group()), m.start(), m.end())
+            for m in TOKEN_RE.finditer(text.lower())]
+
+
+def token_id(token: str) -> int:
+    """The hashed id of a normalised token, in ``1 .. VOCAB_SIZE - 1`` (0 is padding)."""
+    return 1 + zlib.crc32(token.encode("utf-8")) % (VOCAB_SIZE - 1)
+
+
+def encode(texts: Sequence[str], max_tokens: int = MAX_TOKENS) -> torch.Tensor:
+    """A (notes × ``max_tokens``) int64 tensor of token ids, zero-padded, truncated at the end."""
+    ids = torch.zeros((len(texts), max_tokens), dtype=torch.int64)
+    for row, text in enumerate(texts):
+        tokens = [token_id(tok) for tok, _, _ in tokenize(text)[:max_tokens]]
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+    return ids
+
+
+def multi_hot(labels: Sequence[Sequence[str]], codes: Sequence[str] = CODE_IDS) -> torch.Tensor:
+    """(notes × codes) float32 targets; DataError naming an unknown code."""
+    index = {code: i for i, code in enumerate(codes)}
+    targets = torch.zeros((len(labels), len(codes)), dtype=torch.float32)
+    for row, note_labels in enumerate(labels):
+        for code in note_labels:
+            if code not in index:
+                raise DataError(f"unknown code {code!r}; known codes: {', '.join(codes)}")
+            targets[row, index[code]] = 1.0
+    return targets
+
+
+class NotesDataset(Dataset):
+    """Released notes as (token ids, multi-hot codes) pairs; keeps the text for explanations."""
+
+    def __init__(self, notes: Sequence[AdmittedNote]) -> None:
+        self.note_ids = [note.note_id for note in notes]
+        self.texts = [note.text for note in notes]
+        self.inputs = encode(self.texts)
+        self.targets = multi_hot([note.labels for note in notes])
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[index], self.targets[index]
+
+
+# ------------------------------------------------------------------------------ model
+class CamlNet(nn.Module):
+    """Token ids (batch × tokens) → code logits (batch × codes). DP-SGD ready."""
+
+    def __init__(self, num_codes: int = len(CODE_IDS), dropout: float = 0.2) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(VOCAB_SIZE, EMBED_DIM)
+        self.dropout = nn.Dropout(dropout)
+        self.conv = nn.Conv1d(EMBED_DIM, CHANNELS, KERNEL, padding=KERNEL // 2)
+        self.attention = nn.Linear(CHANNELS, num_codes)  # per-code attention scores
+        self.output = nn.Linear(CHANNELS, num_codes)  # per-code, per-position scores
+
+    def attend(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (batch × codes) and attention weights (batch × tokens × codes)."""
+        hidden = self.conv(self.dropout(self.embedding(ids)).transpose(1, 2))
+        hidden = torch.tanh(hidden).transpose(1, 2)  # batch × tokens × channels
+        scores = self.attention(hidden).masked_fill((ids == 0).unsqueeze(-1), -1e4)
+        weights = torch.softmax(scores, dim=1)
+        logits = (weights * self.output(hidden)).sum(dim=1)
+        return logits, weights
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.attend(ids)[0]
+
+
+# ------------------------------------------------------------------------------ metrics
+def coding_scores(logits: torch.Tensor, targets: torch.Tensor, k: int = TOP_K
+                  ) -> dict[str, float]:
+    """micro/macro F1 at probability 0.5 and precision@k (see the module docstring)."""
+    truth = targets.numpy().astype(int)
+    predicted = (torch.sigmoid(logits) >= THRESHOLD).numpy().astype(int)
+    present = np.flatnonzero(truth.sum(axis=0) > 0)
+    macro = (float(f1_score(truth, predicted, labels=present, average="macro",
+                            zero_division=0)) if len(present) else float("nan"))
+    top = torch.topk(logits, min(k, logits.shape[1]), dim=1).indices
+    hits = targets.gather(1, top).sum(dim=1) / k
+    return {
+        "micro_f1": float(f1_score(truth, predicted, average="micro", zero_division=0)),
+        "macro_f1": macro,
+        "precision_at_5": float(hits.mean()) if len(hits) else float("nan"),
+    }
+
+
+# ------------------------------------------------------------------------------ evidence
+@dataclass(frozen=True)
+class EvidenceSpan:
+    """A span of released text ``text[start:end]`` and the attention it received."""
+
+    start: int
+    end: int
+    text: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class CodeEvidence:
+    """A predicted code, its probability and the spans it attended to most."""
+
+    code: str
+    description: str
+    probability: float
+    spans: tuple[EvidenceSpan, ...]
+
+
+def attention_evidence(model: CamlNet, text: str, top_k: int = 3) -> list[CodeEvidence]:
+    """Per predicted code (probability ≥ 0.5), the ``top_k`` highest-attention spans of ``text``.
+
+    ``text`` is a released note. A span covers the convolution's receptive field around an
+    attended word (what the model saw there), clipped to the note; overlapping spans of one
+    code are merged, keeping the larger weight. Codes are ordered by probability.
+    """
+    tokens = tokenize(text)[:MAX_TOKENS]
+    if not tokens:
+        return []
+    model.eval()
+    with torch.no_grad():
+        logits, weights = model.attend(encode([text]).to(next(model.parameters()).device))
+    probabilities = torch.sigmoid(logits[0]).cpu()
+    weights = weights[0, : len(tokens)].cpu()
+    evidence = []
+    for code_index in torch.argsort(probabilities, descending=True).tolist():
+        probability = float(probabilities[code_index])
+        if probability < THRESHOLD:
+            break
+        column = weights[:, code_index]
+        best = torch.topk(column, min(top_k, len(tokens))).indices.tolist()
+        spans = _merge([_window(text, tokens, position, float(column[position]))
+                        for position in best])
+        evidence.append(CodeEvidence(CODE_IDS[code_index], describe(CODE_IDS[code_index]),
+                                     probability, tuple(spans)))
+    return evidence
+
+
+def save_evidence(model: CamlNet, dataset: NotesDataset, out_dir: str | Path, site: str,
+                  n: int = 5, top_k: int = 3) -> Path:
+    """Write the evidence for the first ``n`` notes of ``dataset`` to ``evidence-<site>.json``.
+
+    The file holds released (de-identified) text only, under the notes' pseudonymous ids.
+    """
+    records = [
+        {"note": note_id, "true_codes": [CODE_IDS[i] for i in np.flatnonzero(target.numpy())],
+         "predicted": [asdict(item) for item in attention_evidence(model, text, top_k)]}
+        for note_id, text, target in zip(dataset.note_ids[:n], dataset.texts[:n],
+                                         dataset.targets[:n], strict=True)
+    ]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"evidence-{site}.json"
+    path.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _window(text: str, tokens: list[tuple[str, int, int]], position: int,
+            weight: float) -> EvidenceSpan:
+    first = max(0, position - KERNEL // 2)
+    last = min(len(tokens) - 1, position + KERNEL // 2)
+    start, end = tokens[first][1], tokens[last][2]
+    return EvidenceSpan(start, end, text[start:end], weight)
+
+
+def _merge(spans: list[EvidenceSpan]) -> list[EvidenceSpan]:
+    merged: list[EvidenceSpan] = []
+    for span in sorted(spans, key=lambda s: s.start):
+        if merged and span.start <= merged[-1].end:
+            last = merged[-1]
+            end = max(last.end, span.end)
+            text = last.text + span.text[last.end - span.start:] if end > last.end else last.text
+            merged[-1] = EvidenceSpan(last.start, end, text, max(last.weight, span.weight))
+        else:
+            merged.append(span)
+    return sorted(merged, key=lambda s: -s.weight)
+
+
+# ------------------------------------------------------------------------------ pack
+def default_site_home(site: str) -> Path:
+    """Where a simulated site's gate keeps its secret, quarantine and admitted notes."""
+    return state_dir("gate", "icd", site)
+
+
+def admit_site(site: str, site_home: Path, n_train: int = N_TRAIN_DEFAULT,
+               n_test: int = N_TEST_DEFAULT) -> Admission:
+    """The built-in raw notes of ``site`` through its gate (cached after the first call)."""
+    if site not in SITES:
+        raise ConfigError(f"unknown icd site {site!r}; sites: {', '.join(SITES)}")
+    raw = site_notes(site, n_train, DATA_SEED, "train") + site_notes(site, n_test, DATA_SEED,
+                                                                      "test")
+    return admitted_site_notes("icd", site, site_home, raw)
+
+
+@register_task("icd")
+class IcdTask(TaskPack):
+    """Multi-label ICD-style coding of released clinical notes with a CAML-style CNN."""
+
+    metrics = ("micro_f1", "macro_f1", "precision_at_5")
+    primary_metric = "micro_f1"
+    default_sites = tuple(SITES)
+    default_lr = 0.2
+    default_batch_size = 16
+    default_local_epochs = 2
+    codes = CODE_IDS
+
+    def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
+        home = Path(data_dir) if data_dir is not None else default_site_home(site)
+        admission = admit_site(site, home)
+        train, test = (NotesDataset(admission.split(name)) for name in ("train", "test"))
+        if len(train) == 0 or len(test) == 0:
+            raise DataError(f"{admission.cache_file}: the gate released no "
+                            f"{'training' if len(train) == 0 else 'test'} notes for {site}")
+        return SiteData(
+            site=site, train=train, val=None, test=test,
+            fingerprint=fingerprint_arrays([d.numpy() for d in (
+                train.inputs, train.targets, test.inputs, test.targets)]),
+        )
+
+    def build_model(self) -> nn.Module:
+        return CamlNet(len(self.codes))
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy summed over codes, averaged over notes.
+
+        Summed, not averaged, over codes: each code is its own binary decision, and a mean
+        would shrink every gradient by the number of codes (26), so learning rates would
+        have to grow with the code set.
+        """
+        per_code = nn.functional.binary_cross_entropy_with_logits(
+            outputs, targets.float(), reduction="none")
+        return per_code.sum(dim=1).mean()
+
+    def evaluate(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> dict[str, float]:
+        logits, targets = predict(model, dataset, device)
+        return coding_scores(logits, targets)
