@@ -60,13 +60,22 @@ class SiteHome:
         """The home at ``root``, created with the default policy if the folder is absent."""
         root = Path(root)
         if not root.exists():
-            cls._create(root, site, Policy(allowed_tasks=(task,) if task else ("*",)))
+            cls._build(root, site, Policy(allowed_tasks=(task,) if task else ("*",)))
         elif not root.is_dir():
             raise PrivacyRefusal(f"{root}: site home is not a folder")
         return cls(root, site)
 
     @classmethod
-    def _create(cls, root: Path, site: str, policy: Policy) -> None:
+    def create(cls, root: Path, site: str, policy: Policy) -> SiteHome:
+        """A new home with ``policy``; refuses to touch a folder that already exists."""
+        root = Path(root)
+        if root.exists():
+            raise PrivacyRefusal(f"{root}: already exists; a site home is never recreated")
+        cls._build(root, site, policy)
+        return cls(root, site)
+
+    @classmethod
+    def _build(cls, root: Path, site: str, policy: Policy) -> None:
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = root.parent / f".{root.name}.creating-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)

@@ -18,6 +18,7 @@ from fedmed.errors import FedmedError
 COMMAND_MODULES = (
     "fedmed.commands.run",
     "fedmed.commands.privacy",
+    "fedmed.commands.site",
     "fedmed.commands.audit",
     "fedmed.commands.baseline",
     "fedmed.commands.generalization",
