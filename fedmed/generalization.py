@@ -10,6 +10,8 @@ standard deviations over seeds go into a JSON document and a Markdown table.
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import statistics
 from collections.abc import Iterable
 from dataclasses import replace
@@ -19,8 +21,10 @@ from typing import Any
 import torch
 
 from fedmed.baselines import run_baselines
+from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig
 from fedmed.device import pick_device
+from fedmed.privacy.policy import DEFAULT_EPSILON, Policy
 from fedmed.simulation import run_simulation
 from fedmed.tasks import SiteData, TaskPack, get_task
 from fedmed.training import TrainSettings
@@ -38,9 +42,22 @@ def local_settings(config: FederationConfig, pack: TaskPack, seed: int) -> Train
     )
 
 
+def study_site_homes(config: FederationConfig, homes: Path) -> None:
+    """Fresh simulated site homes for one federation of the study (module docstring)."""
+    epsilon = DEFAULT_EPSILON if config.dp else math.inf
+    policy = Policy(epsilon=epsilon, allowed_tasks=(config.task,))
+    pack = get_task(config.task)
+    data_dir = Path(config.data_dir) if config.data_dir else None
+    for site in config.site_list(pack.site_names(data_dir)):
+        SiteHome.create(homes / site, site, policy)
+
+
 def federated_scores(config: FederationConfig, run_dir: Path) -> tuple[Scores, Path]:
     """Run one federation; its final per-site scores and its run directory."""
-    run_simulation(replace(config, run_dir=str(run_dir)))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = replace(config, run_dir=str(run_dir), sites_home=str(run_dir / "sites"))
+    study_site_homes(config, run_dir / "sites")
+    run_simulation(config)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     return metrics["final"]["per_site"], run_dir
 
