@@ -42,7 +42,8 @@ def test_split_and_fingerprint_do_not_depend_on_training_seed() -> None:
 def test_flamby_preprocessing_drops_rows_with_missing_values() -> None:
     from fedmed.tasks.heart import HeartTask
 
-    pack = HeartTask(preprocessing="flamby")
+    pack = get_task("heart-flamby")  # the registered name runs it federated
+    assert isinstance(pack, HeartTask) and pack.preprocessing == "flamby"
     splits = [pack.load_site(site, None, 0) for site in SITE_FILES]
     total = sum(len(d.train) + len(d.test) for d in splits)
     assert total == 740  # FLamby's Fed-Heart-Disease size

@@ -168,3 +168,12 @@ class HeartTask(TaskPack):
         accuracy = float(((scores >= 0.5) == (labels >= 0.5)).mean())
         auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) > 1 else float("nan")
         return {"accuracy": accuracy, "auc": auc}
+
+
+@register_task("heart-flamby")
+class HeartFlambyTask(HeartTask):
+    """The same hospitals with FLamby's preprocessing (740 patients), to compare with its
+    published numbers: ``fedmed run examples/heart --set task=heart-flamby``."""
+
+    def __init__(self) -> None:
+        super().__init__("flamby")
