@@ -8,7 +8,8 @@ heart federation):
 - ``local``: the summed compute of the same work without Flower (each site trains
   one round and evaluates, sequentially, in this process).
 
-Prints both and their ratio (goal: ≤ 1.3 after engine start-up).
+Both sides train without DP. Prints both and their ratio (goal: ≤ 1.3 after engine
+start-up).
 Run: ``.venv/bin/python bench/sim_overhead.py [--rounds 10] [--federation examples/ecg]``.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from fedmed.clients.node import HospitalSite
 from fedmed.config import FederationConfig, load_federation
+from fedmed.generalization import study_site_homes
 from fedmed.simulation import run_simulation
 from fedmed.tasks import get_task
 from fedmed.training import TrainSettings, get_weights
@@ -30,8 +32,13 @@ DEFAULT_FEDERATION = Path(__file__).resolve().parents[1] / "examples" / "heart"
 
 
 def engine_seconds(config: FederationConfig, rounds: int, out: Path) -> float:
+    """Wall time of one embedded run, on fresh uncapped site homes (no DP: like ``local``)."""
+    homes = out / f"homes-r{rounds}"
+    config = replace(config, num_server_rounds=rounds, run_dir=str(out / f"r{rounds}"))
+    config = replace(config, dp=False, sites_home=str(homes))
+    study_site_homes(config, homes)
     start = time.perf_counter()
-    run_simulation(replace(config, num_server_rounds=rounds, run_dir=str(out / f"r{rounds}")))
+    run_simulation(config)
     return time.perf_counter() - start
 
 

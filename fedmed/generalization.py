@@ -71,7 +71,11 @@ def held_out_score(pack: TaskPack, run_dir: Path, held_out: SiteData) -> dict[st
 
 
 def study(
-    config: FederationConfig, seeds: Iterable[int], strategies: Iterable[str], out: Path
+    config: FederationConfig,
+    seeds: Iterable[int],
+    strategies: Iterable[str],
+    out: Path,
+    with_leave_one_out: bool = True,
 ) -> dict[str, Any]:
     """Run the whole study; raw per-seed scores, keyed by regime."""
     pack = get_task(config.task)
@@ -90,7 +94,10 @@ def study(
             )
             runs[strategy] = scores
         raw["all_sites"][str(seed)] = runs
-        raw["leave_one_out"][str(seed)] = leave_one_out(seeded, pack, sites, data_dir, epochs, out)
+        if with_leave_one_out:
+            raw["leave_one_out"][str(seed)] = leave_one_out(
+                seeded, pack, sites, data_dir, epochs, out
+            )
     return raw
 
 
@@ -148,7 +155,7 @@ def summarise(raw: dict[str, Any], metric: str) -> dict[str, Any]:
             regime: _mean_std([raw["leave_one_out"][s][held][regime][metric] for s in seeds])
             for regime in raw["leave_one_out"][seeds[0]][held]
         }
-        for held in raw["leave_one_out"][seeds[0]]
+        for held in raw["leave_one_out"].get(seeds[0], {})
     }
     return {
         "metric": metric,
@@ -174,6 +181,8 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
     ]
     for regime, row in summary["table"].items():
         lines.append(f"| {regime} | " + " | ".join(_cell(row[s]) for s in [*sites, "mean"]) + " |")
+    if not summary["leave_one_out"]:
+        return "\n".join(lines) + "\n"
     regimes = list(next(iter(summary["leave_one_out"].values())))
     lines += [
         "",

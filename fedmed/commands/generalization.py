@@ -25,7 +25,7 @@ def cmd_generalization(args: argparse.Namespace) -> int:
     out = args.out.resolve() if args.out else state_dir("studies") / config.federation
     out.mkdir(parents=True, exist_ok=True)
     seeds = range(config.seed, config.seed + args.seeds)
-    raw = study(config, seeds, args.strategies.split(","), out)
+    raw = study(config, seeds, args.strategies.split(","), out, args.leave_one_out)
     privacy = f"federations with DP-SGD at ε = {config.epsilon:g}" if config.dp else "no DP"
     title = f"{config.federation} ({privacy})"
     markdown = "".join(to_markdown(summarise(raw, metric), title) + "\n" for metric in pack.metrics)
@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
     parser.add_argument(
         "--strategies", default="fedavg,fedprox,fedadam", help="comma-separated strategies"
+    )
+    parser.add_argument(
+        "--leave-one-out",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train without each site and score on it (default: on)",
     )
     add_run_options(parser)
     add_privacy_options(parser)
