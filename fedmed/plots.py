@@ -57,3 +57,44 @@ def plot_run(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def plot_generalization(summary: Mapping[str, Any], path: Path, title: str) -> Path:
+    """One figure per metric of a study: every regime on every site's test split (grouped
+    bars with the seed std as error bars) and, when present, leave-one-site-out."""
+    sites = [*summary["sites"], "mean"]
+    regimes = list(summary["table"])
+    held_out = summary["leave_one_out"]
+    panels = 2 if held_out else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    _grouped_bars(axes[0][0], sites, {r: summary["table"][r] for r in regimes})
+    axes[0][0].set(title="every regime on every site's test split", ylabel=summary["metric"])
+    if held_out:
+        loso_regimes = list(next(iter(held_out.values())))
+        rows = {r: {h: held_out[h][r] for h in held_out} for r in loso_regimes}
+        _grouped_bars(axes[0][1], list(held_out), rows)
+        axes[0][1].set(title="leave-one-site-out: score on the unseen site")
+    fig.suptitle(f"{title}: {summary['metric']}, mean ± std over {summary['seeds']} seeds")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _grouped_bars(
+    ax: Any, groups: list[str], series: Mapping[str, Mapping[str, tuple[float, float]]]
+) -> None:
+    width = 0.8 / max(1, len(series))
+    for index, (name, cells) in enumerate(series.items()):
+        xs = [g + index * width for g in range(len(groups))]
+        ax.bar(
+            xs,
+            [cells[g][0] for g in groups],
+            width,
+            yerr=[cells[g][1] for g in groups],
+            label=name,
+            capsize=2,
+        )
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups, rotation=20)
+    ax.legend(fontsize=7, ncol=2)

@@ -74,4 +74,16 @@ def test_study_command_runs_real_federations_without_touching_real_homes(
     assert set(regimes) == {"local cleveland", "local hungary", "pooled", "fedavg"}
     assert 0.5 < regimes["fedavg"]["cleveland"]["accuracy"] <= 1.0
     assert "heart (no DP)" in (out / "generalization.md").read_text()
+    assert (out / "generalization-accuracy.png").stat().st_size > 10_000
+    (out / "generalization.md").unlink()
+    assert main(["report", str(out)]) == 0  # re-rendered from the JSON alone
+    assert "| fedavg |" in (out / "generalization.md").read_text()
     assert not (isolated_state / "sites").exists()  # the federation's own homes untouched
+
+
+def test_report_names_a_folder_that_is_not_a_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "generalization.json").write_text("{}")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "generalization.json: not a fedmed generalization study" in capsys.readouterr().err

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 from rich.console import Console
 
 from fedmed.commands.run import add_privacy_options, add_run_options, federation_config
+from fedmed.errors import DataError
 from fedmed.generalization import study, summarise, to_markdown
 from fedmed.outputs import write_json_atomic
+from fedmed.plots import plot_generalization
 from fedmed.state import state_dir
 from fedmed.tasks import get_task
 
 console = Console()
+STUDY_FILE = "generalization.json"
 
 
 def cmd_generalization(args: argparse.Namespace) -> int:
@@ -27,12 +31,37 @@ def cmd_generalization(args: argparse.Namespace) -> int:
     seeds = range(config.seed, config.seed + args.seeds)
     raw = study(config, seeds, args.strategies.split(","), out, args.leave_one_out)
     privacy = f"federations with DP-SGD at ε = {config.epsilon:g}" if config.dp else "no DP"
-    title = f"{config.federation} ({privacy})"
-    markdown = "".join(to_markdown(summarise(raw, metric), title) + "\n" for metric in pack.metrics)
-    write_json_atomic(out / "generalization.json", raw)
-    (out / "generalization.md").write_text(markdown, encoding="utf-8")
+    task = "" if config.task == config.federation else f", task {config.task}"
+    raw["title"] = f"{config.federation} ({privacy}{task})"
+    raw["metrics"] = list(pack.metrics)
+    write_json_atomic(out / STUDY_FILE, raw)
+    markdown = render_study(out)
     print(markdown)
-    console.print(f"written: {out / 'generalization.md'}")
+    console.print(f"written: {out / 'generalization.md'} and its figures")
+    return 0
+
+
+def render_study(folder: Path) -> str:
+    """``generalization.md`` and one PNG per metric from a study's ``generalization.json``."""
+    path = folder / STUDY_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        title, metrics = raw["title"], raw["metrics"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not a fedmed generalization study ({exc})") from None
+    parts = []
+    for metric in metrics:
+        summary = summarise(raw, metric)
+        figure = plot_generalization(summary, folder / f"generalization-{metric}.png", title)
+        parts.append(to_markdown(summary, title) + f"\n![{title}: {metric}]({figure.name})\n")
+    markdown = "\n".join(parts)
+    (folder / "generalization.md").write_text(markdown, encoding="utf-8")
+    return markdown
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    for folder in args.studies:
+        print(render_study(folder))
     return 0
 
 
@@ -60,3 +89,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_options(parser)
     add_privacy_options(parser)
     parser.set_defaults(func=cmd_generalization)
+
+    report = subparsers.add_parser(
+        "report",
+        help="re-render generalization studies: Markdown tables and a PNG per metric",
+        description="For each study folder (written by 'fedmed generalization --out DIR'), "
+        "rewrite generalization.md and generalization-<metric>.png from generalization.json "
+        "and print the tables.",
+    )
+    report.add_argument("studies", type=Path, nargs="+", metavar="STUDY_DIR")
+    report.set_defaults(func=cmd_report)
