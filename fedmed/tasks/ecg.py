@@ -43,28 +43,46 @@ DATA_SEED = 0
 BLOCKS = ((16, 7, 2), (32, 7, 2), (32, 7, 2), (64, 5, 2), (64, 5, 1), (64, 5, 1))
 
 
+Block = tuple[int, int, int]
+
+
+def conv_features(blocks: tuple[Block, ...]) -> nn.Sequential:
+    """Convolution blocks (conv → GroupNorm → ReLU → optional max-pool) over one input channel.
+
+    Shared by :class:`EcgCnn` and the CNN-LSTM of ``fedmed.tasks.ecg_lstm`` so both
+    classifiers see the signal through the same kind of front end (and the same
+    DP-compatible normalisation).
+    """
+    layers: list[nn.Module] = []
+    in_channels = 1
+    for out_channels, kernel, pool in blocks:
+        layers += [
+            nn.Conv1d(in_channels, out_channels, kernel, padding=kernel // 2),
+            nn.GroupNorm(min(8, out_channels // 4), out_channels),
+            nn.ReLU(),
+        ]
+        if pool > 1:
+            layers.append(nn.MaxPool1d(pool))
+        in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+def last_layer_name(features: nn.Sequential, prefix: str = "features") -> str:
+    """Dotted name of the last layer of ``features``: the feature map Grad-CAM explains."""
+    return f"{prefix}.{len(features) - 1}"
+
+
 class EcgCnn(nn.Module):
     """1-D CNN over a (batch, 1, samples) window → (batch, classes) logits. DP-SGD ready."""
 
     def __init__(self, num_classes: int = len(CLASS_NAMES), dropout: float = 0.2) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        in_channels = 1
-        for out_channels, kernel, pool in BLOCKS:
-            layers += [
-                nn.Conv1d(in_channels, out_channels, kernel, padding=kernel // 2),
-                nn.GroupNorm(min(8, out_channels // 4), out_channels),
-                nn.ReLU(),
-            ]
-            if pool > 1:
-                layers.append(nn.MaxPool1d(pool))
-            in_channels = out_channels
-        self.features = nn.Sequential(*layers)
+        self.features = conv_features(BLOCKS)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool1d(1),
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(in_channels, num_classes),
+            nn.Linear(BLOCKS[-1][0], num_classes),
         )
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
@@ -102,17 +120,13 @@ class EcgTask(TaskPack):
     default_batch_size = 32
     default_local_epochs = 2
     class_names = CLASS_NAMES
+    # The last feature map (~31 steps of 0.16 s) before pooling: what fedmed.ecg_explain draws.
+    gradcam_layer = last_layer_name(conv_features(BLOCKS))
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
             return list(self.default_sites)
-        folder = Path(data_dir)
-        if not folder.is_dir():
-            raise DataError(f"{folder}: data folder not found")
-        sites = sorted(p.name for p in folder.iterdir() if (p / LABELS_FILE).is_file())
-        if not sites:
-            raise DataError(f"{folder}: no site folders containing {LABELS_FILE}")
-        return sites
+        return site_folders(Path(data_dir), LABELS_FILE)
 
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
         if data_dir is None:
@@ -144,6 +158,16 @@ class EcgTask(TaskPack):
             "accuracy": float((predicted == labels).mean()),
             "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
         }
+
+
+def site_folders(folder: Path, marker: str) -> list[str]:
+    """Names of the sub-folders of ``folder`` that hold a ``marker`` file: one per site."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder not found")
+    sites = sorted(p.name for p in folder.iterdir() if (p / marker).is_file())
+    if not sites:
+        raise DataError(f"{folder}: no site folders containing {marker}")
+    return sites
 
 
 def _dataset(windows: np.ndarray, labels: np.ndarray) -> TensorDataset:
