@@ -27,6 +27,13 @@ recording is brought to the model's format by ``fedmed.data.ecg_readers.to_model
 — the same function applied to real files — so the federation sees the acquisition shift
 only through what survives that preprocessing (noise, wander, morphology, polarity).
 
+For the ``ecg-denoise`` task, :func:`make_denoise_pairs` returns (noisy, clean) pairs of
+the same sites' cardiac signals at :data:`DENOISE_RATE`: the clean trace is the heart's
+signal as the site's lead, polarity and gain show it, and the noisy one adds the four noise
+kinds of the MIT-BIH Noise Stress Test tradition — baseline wander, muscle (EMG) noise,
+power-line interference and electrode motion — in each site's own mix
+(:data:`NOISE_MIXES`), scaled so every window has a known input SNR.
+
 Everything is deterministic for a given ``(site, seed)``.
 """
 
@@ -38,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.signal import butter, sosfiltfilt
 
 from fedmed.data.ecg_readers import WINDOW_SECONDS, to_model_input
 from fedmed.errors import ConfigError
@@ -179,6 +187,108 @@ def simulate_site(site: str, n: int, seed: int) -> Recordings:
     rng = _site_rng(site, seed)
     labels = _labels_for_mix(setup.class_mix, n, rng)
     return Recordings(_simulate(setup, labels, rng), labels, setup.fs)
+
+
+DENOISE_RATE = 250
+"""Hz of denoising windows: high enough to keep mains (50/60 Hz) and most EMG in band."""
+DENOISE_SAMPLES = 512  # ~2 s: two or more beats at every simulated rate
+NOISE_KINDS = ("wander", "emg", "powerline", "motion")
+
+
+@dataclass(frozen=True)
+class NoiseMix:
+    """One site's noise: ``weights`` the share of noise power of each :data:`NOISE_KINDS`
+    entry (sums to 1; jittered per window), ``snr_db`` the range input SNRs are drawn from."""
+
+    weights: tuple[float, float, float, float]
+    snr_db: tuple[float, float]
+
+
+NOISE_MIXES: dict[str, NoiseMix] = {
+    # Resting 12-lead carts near imaging equipment: mostly mains, some muscle tremor.
+    "boston": NoiseMix(weights=(0.15, 0.25, 0.60, 0.00), snr_db=(0.0, 12.0)),
+    # Ambulatory recorders: breathing and walking move the baseline and the electrodes.
+    "leeds": NoiseMix(weights=(0.55, 0.10, 0.00, 0.35), snr_db=(-3.0, 9.0)),
+    # Emergency department: agitated patients, muscle noise dominates.
+    "lyon": NoiseMix(weights=(0.10, 0.65, 0.15, 0.10), snr_db=(-3.0, 9.0)),
+    # Bedside monitors with worn electrodes: motion artefacts in the ECG band.
+    "osaka": NoiseMix(weights=(0.20, 0.15, 0.10, 0.55), snr_db=(0.0, 12.0)),
+}
+
+
+@dataclass(frozen=True)
+class DenoisePairs:
+    """Noisy and clean windows (n × :data:`DENOISE_SAMPLES`, float32, mV) and input SNRs (dB)."""
+
+    noisy: np.ndarray
+    clean: np.ndarray
+    snr_in_db: np.ndarray
+
+
+def make_denoise_pairs(site: str, n: int, seed: int) -> DenoisePairs:
+    """``n`` (noisy, clean) windows of ``site`` at :data:`DENOISE_RATE` (see the module doc).
+
+    Rhythms follow the site's case mix without its ``noisy`` class (every window here is
+    noisy by construction); noise power is set from an input SNR drawn per window.
+    """
+    setup = acquisition(site)
+    mix = NOISE_MIXES[site]
+    rng = _site_rng(f"denoise-{site}", seed)
+    rhythm_mix = np.asarray(setup.class_mix[:NOISY]) / sum(setup.class_mix[:NOISY])
+    rhythms = _labels_for_mix(tuple(rhythm_mix), n, rng)
+    time = np.arange(DENOISE_SAMPLES) / DENOISE_RATE
+    clean = np.empty((n, DENOISE_SAMPLES), dtype=np.float32)
+    noisy = np.empty_like(clean)
+    snr = rng.uniform(*mix.snr_db, n)
+    for row, rhythm in enumerate(rhythms):
+        heart = setup.polarity * setup.gain * _heart(setup.lead, int(rhythm), time, rng)
+        weights = np.asarray(mix.weights) * rng.uniform(0.5, 1.5, len(NOISE_KINDS))
+        weights /= weights.sum()
+        noise = sum(
+            np.sqrt(weight) * make_noise(kind, DENOISE_SAMPLES, setup.mains_hz, rng)
+            for kind, weight in zip(NOISE_KINDS, weights, strict=True)
+            if weight > 0
+        )
+        noise_power = np.mean(heart**2) / 10 ** (snr[row] / 10)
+        noise = noise * np.sqrt(noise_power / max(float(np.mean(noise**2)), 1e-12))
+        clean[row] = heart
+        noisy[row] = heart + noise
+    return DenoisePairs(noisy, clean, snr.astype(np.float32))
+
+
+def make_noise(kind: str, n: int, mains_hz: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-RMS noise of one of :data:`NOISE_KINDS`, ``n`` samples at :data:`DENOISE_RATE`."""
+    time = np.arange(n) / DENOISE_RATE
+    if kind == "wander":  # respiration and slow electrode drift, 0.05–0.7 Hz
+        noise = sum(
+            rng.uniform(0.3, 1.0)
+            * np.sin(2 * np.pi * rng.uniform(0.05, 0.7) * time + rng.uniform(0, 2 * np.pi))
+            for _ in range(3)
+        )
+    elif kind == "emg":  # broadband muscle activity above ~15 Hz, in bursts of contraction
+        sos = butter(4, 15.0, btype="highpass", fs=DENOISE_RATE, output="sos")
+        envelope = 0.3 + _smooth(np.abs(rng.normal(0.0, 1.0, n)), DENOISE_RATE // 4)
+        noise = sosfiltfilt(sos, rng.normal(0.0, 1.0, n)) * envelope
+    elif kind == "powerline":  # mains with slow amplitude modulation and a little jitter
+        frequency = mains_hz + rng.normal(0.0, 0.1)
+        modulation = 1.0 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.1, 1.0) * time)
+        noise = modulation * np.sin(2 * np.pi * frequency * time + rng.uniform(0, 2 * np.pi))
+    elif kind == "motion":  # electrode motion: band-limited walk plus abrupt baseline shifts
+        walk = _smooth(np.cumsum(rng.normal(0.0, 1.0, n)), DENOISE_RATE // 25)
+        steps = np.zeros(n)
+        for start in rng.integers(0, n, int(rng.integers(1, 4))):
+            steps[start:] += rng.normal(0.0, 2.0)
+        noise = walk - walk.mean() + _smooth(steps, DENOISE_RATE // 50)
+    else:
+        raise ConfigError(f"unknown noise kind {kind!r}; kinds: {', '.join(NOISE_KINDS)}")
+    noise = noise - noise.mean()
+    return noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)
+
+
+def _smooth(signal: np.ndarray, width: int) -> np.ndarray:
+    """Moving average over ``width`` samples, same length."""
+    width = max(width, 1)
+    return np.convolve(signal, np.ones(width) / width, mode="same")
 
 
 def _site_rng(site: str, seed: int) -> np.random.Generator:
