@@ -18,6 +18,7 @@ and what was wrong; the parsers' own exceptions never reach the user.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
-import wfdb
 from scipy.signal import resample_poly
 
 from fedmed.errors import DataError
@@ -91,6 +91,10 @@ def read_wfdb(path: Path) -> EcgRecording:
     """A WFDB record named by its ``.hea`` or ``.dat`` file (read locally, never from PhysioNet)."""
     header = path.with_suffix(".hea")
     _require_file(header, "WFDB header")
+    with warnings.catch_warnings():  # wfdb's import warns about pandas API it uses; not ours
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import wfdb  # lazily: every simulated node imports this module, few read WFDB
     try:
         record = wfdb.rdrecord(str(path.with_suffix("")))
         signal = record.p_signal
