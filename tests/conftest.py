@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,3 +25,13 @@ def isolated_state(
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_torch_thread() -> Iterator[None]:
+    """The test models are tiny: two intra-op torch threads on a shared 2-core machine run
+    them up to ~10x slower. (Simulated nodes are separate Ray processes, unaffected.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,15 +30,6 @@ CPU = torch.device("cpu")
 NUM_CLASSES = len(CLASS_NAMES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Two torch threads on a shared 2-core machine run these small convolutions ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pack() -> EcgTask:
     task = get_task("ecg")

@@ -32,15 +32,6 @@ from fedmed.training import TrainSettings, train_round
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Two torch threads on a shared 2-core machine run these small convolutions ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pack() -> EcgDenoiseTask:
     task = get_task("ecg-denoise")

@@ -26,15 +26,6 @@ CPU = torch.device("cpu")
 NEW_MODELS = ("ecg-lstm", "ecg-denoise")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Two torch threads on a shared 2-core machine run these small convolutions ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_lstm_pack_is_the_ecg_task_with_another_model() -> None:
     assert {"ecg", "ecg-lstm"} <= set(task_names())
     pack = get_task("ecg-lstm")

@@ -38,15 +38,6 @@ CPU = torch.device("cpu")
 SITE = "rural"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Two torch threads on a shared 2-core machine make these small models slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pack() -> IcdTask:
     task = get_task("icd")

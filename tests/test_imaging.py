@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -38,15 +37,6 @@ from fedmed.training import TrainSettings, train_round
 
 CPU = torch.device("cpu")
 PACKS = ("imaging-cls", "imaging-seg")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """These models are tiny: intra-op threads only add overhead on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def trained(pack_name: str, site: str, epochs: int, seed: int = 0) -> tuple[object, object]:
