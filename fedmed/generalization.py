@@ -125,14 +125,22 @@ def leave_one_out(
             "fedavg": held_out_score(pack, run_dir, pack.load_site(held, data_dir, config.seed)),
             "pooled": baseline.scores["pooled"][held],
             "local-mean": {
-                m: statistics.fmean(s[m] for s in local_scores) for m in local_scores[0]
+                m: _mean_std([s[m] for s in local_scores])[0] for m in local_scores[0]
             },
         }
     return result
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+def _mean_std(values: list[float | None]) -> tuple[float, float]:
+    """Mean and population std of the defined values; (nan, nan) when none is defined.
+
+    A metric can be undefined for a site (AUC on a test split with one class: ``None`` in
+    the JSON), and is then left out rather than counted as 0 — the tables say ``n/a``.
+    """
+    defined = [v for v in values if v is not None and not math.isnan(v)]
+    if not defined:
+        return math.nan, math.nan
+    return statistics.fmean(defined), statistics.pstdev(defined) if len(defined) > 1 else 0.0
 
 
 def summarise(raw: dict[str, Any], metric: str) -> dict[str, Any]:
@@ -147,7 +155,7 @@ def summarise(raw: dict[str, Any], metric: str) -> dict[str, Any]:
             for site in sites
         }
         row["mean"] = _mean_std(
-            [statistics.fmean(raw["all_sites"][s][regime][x][metric] for x in sites) for s in seeds]
+            [_mean_std([raw["all_sites"][s][regime][x][metric] for x in sites])[0] for s in seeds]
         )
         table[regime] = row
     held_out = {
@@ -167,7 +175,7 @@ def summarise(raw: dict[str, Any], metric: str) -> dict[str, Any]:
 
 
 def _cell(value: tuple[float, float]) -> str:
-    return f"{value[0]:.3f} ± {value[1]:.3f}"
+    return "n/a" if math.isnan(value[0]) else f"{value[0]:.3f} ± {value[1]:.3f}"
 
 
 def to_markdown(summary: dict[str, Any], title: str) -> str:
@@ -181,6 +189,9 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
     ]
     for regime, row in summary["table"].items():
         lines.append(f"| {regime} | " + " | ".join(_cell(row[s]) for s in [*sites, "mean"]) + " |")
+    if any(math.isnan(row[s][0]) for row in summary["table"].values() for s in sites):
+        lines += ["", f"n/a: {metric} is undefined there (e.g. AUC on a one-class test split); "
+                  "means over sites leave it out."]  # fmt: skip
     if not summary["leave_one_out"]:
         return "\n".join(lines) + "\n"
     regimes = list(next(iter(summary["leave_one_out"].values())))

@@ -41,6 +41,21 @@ def test_summary_is_mean_and_std_over_seeds_per_site_and_over_sites() -> None:
     assert "Leave-one-site-out" in markdown
 
 
+def test_undefined_metrics_are_left_out_and_shown_as_na() -> None:
+    raw = {
+        "all_sites": {
+            "0": {"pooled": {"x": {"auc": 0.8}, "y": {"auc": None}}},
+            "1": {"pooled": {"x": {"auc": 0.6}, "y": {"auc": None}}},
+        },
+        "leave_one_out": {},
+    }
+    summary = summarise(raw, "auc")
+    assert summary["table"]["pooled"]["mean"] == pytest.approx((0.7, 0.1))  # x alone
+    markdown = to_markdown(summary, "demo")
+    assert "| pooled | 0.700 ± 0.100 | n/a | 0.700 ± 0.100 |" in markdown
+    assert "n/a: auc is undefined" in markdown
+
+
 def test_summary_without_leave_one_out_has_one_table() -> None:
     raw = {"all_sites": RAW["all_sites"], "leave_one_out": {}}
     markdown = to_markdown(summarise(raw, "accuracy"), "demo")
