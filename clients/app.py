@@ -24,22 +24,28 @@ Contract with the coordinator (``fedmed.server.app``):
   - Refused: it returns the weights it received unchanged, ``num_examples = 0``
     and ``site``, ``refused = 1``, ``reason`` (and ``epsilon``/``delta`` when the
     ledger was readable). The coordinator MUST NOT aggregate such a reply.
+- Secure aggregation: when the coordinator runs SecAgg+, its messages carry the
+  ``secaggplus_configs`` record and go through Flower's ``secaggplus_mod``
+  (``fedmed.clients.secagg``); the node then uploads only its masked, clipped,
+  quantized update. The same app serves both kinds of run.
 - ``evaluate`` scores the received weights on the site's own test split and
   returns ``site`` plus every metric of the task pack. Test data never leave.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.client import Client, ClientApp, NumPyClient
+from flwr.clientapp.typing import Mod
 from flwr.common import Context
 
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.private_round import RoundJob, refusal, run_private_round
+from fedmed.clients.secagg import secagg_when_requested
 from fedmed.clients.site_home import default_site_home
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError
@@ -127,15 +133,21 @@ class HospitalClient(NumPyClient):
         return 1.0 - primary, len(self.site.data.test), metrics  # type: ignore[arg-type]
 
 
-def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
-    """A ClientApp whose run config is Flower's, updated with ``overrides`` (used by fedmed run)."""
+def make_client_app(
+    overrides: Mapping[str, Any] | None = None, mods: Sequence[Mod] = ()
+) -> ClientApp:
+    """A ClientApp whose run config is Flower's, updated with ``overrides`` (used by fedmed run).
+
+    ``mods`` run inside the SecAgg+ mod, on the plain training reply (tests use one to
+    simulate a misbehaving site).
+    """
     extra = dict(overrides or {})
 
     def client_fn(context: Context) -> Client:
         config = FederationConfig.from_run_config({**context.run_config, **extra})
         return HospitalClient(*site_for_context(context, config)).to_client()
 
-    return ClientApp(client_fn=client_fn)
+    return ClientApp(client_fn=client_fn, mods=[secagg_when_requested, *mods])
 
 
 app = make_client_app()
