@@ -39,6 +39,9 @@ class FederationConfig:
     server_lr: float = 0.1
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    # Evaluate at the sites every N rounds and always after the last; 0: after the last only.
+    # In deployment each evaluation is one more ClientApp process per site.
+    evaluate_every: int = 1
     min_nodes: int = 2
     seed: int = 0
     data_dir: str = ""
@@ -61,7 +64,7 @@ class FederationConfig:
     # in deployment (fedmed.commands.deploy). Counts > 1, fractions <= 1 (Flower's rule).
     secagg: bool = False
     secagg_num_shares: float = 1.0
-    secagg_threshold: float = 0.5
+    secagg_threshold: float = 0.67
     secagg_clipping_range: float = 8.0
     secagg_max_weight: float = 1000.0
     secagg_timeout: float = 0.0
@@ -97,6 +100,8 @@ class FederationConfig:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} must be in (0, 1], got {value}")
+        if self.evaluate_every < 0:
+            raise ConfigError(f"evaluate-every must be >= 0, got {self.evaluate_every}")
         if self.min_nodes < 1:
             raise ConfigError(f"min-nodes must be >= 1, got {self.min_nodes}")
         if self.dp and not (self.epsilon > 0 or self.noise_multiplier > 0):

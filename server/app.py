@@ -183,6 +183,7 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
         max_update_norm=config.max_update_norm,
         secure=config.secagg,
         participation=resumed.participation() if resumed is not None else None,
+        evaluate_every=config.evaluate_every,
     )
     legacy_context = LegacyContext(
         context=context,

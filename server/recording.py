@@ -15,6 +15,7 @@ audit trail, and they would average a refusal like any other reply.
   the aggregate is screened instead and a bad one keeps the previous global model;
 - stops the run (:class:`FederationStopped`) when refusals or rejections leave fewer
   than ``min_nodes`` sites, rather than publish a model of too few sites;
+- asks the sites to evaluate every ``evaluate_every`` rounds and after the last;
 - writes each site's fit and evaluation metrics and privacy summary
   (``privacy.<site>`` in metrics.json), the global weights (checkpoint) and a signed
   ``round`` entry with the model's SHA-256 and the audit-log heads the sites reported.
@@ -99,6 +100,7 @@ class RecordingStrategy(Strategy):
         max_update_norm: float = 0.0,
         secure: bool = False,
         participation: Mapping[str, Mapping[str, int]] | None = None,
+        evaluate_every: int = 1,
     ) -> None:
         self.inner = inner
         self.run_dir = run_dir
@@ -108,6 +110,7 @@ class RecordingStrategy(Strategy):
         self.audit = audit
         self.max_update_norm = max_update_norm
         self.secure = secure
+        self.evaluate_every = evaluate_every
         self.latest_weights: list[np.ndarray] | None = None
         self.sent_weights: list[np.ndarray] | None = None
         self.participation: dict[str, dict[str, int]] = {
@@ -136,18 +139,22 @@ class RecordingStrategy(Strategy):
             _site_of(proxy, res.metrics): {**res.metrics, "num-examples": res.num_examples}
             for proxy, res in results
         }
-        self.run_dir.record_fit(server_round, per_site)
         accepted = [(proxy, res) for proxy, res in results if not _is_refusal(res)]
+        rejected: dict[str, str] = {}
+        if not self.secure:
+            accepted, rejected, norms = self._screen(accepted)
+            for site, norm in norms.items():  # what honest sites send: how to pick the bound
+                per_site[site]["update-norm"] = norm
+        self.run_dir.record_fit(server_round, per_site)
         refused = {site: m for site, m in per_site.items() if m.get("refused")}
         self._record_participation(per_site)
         for site, metrics in sorted(refused.items()):
             self._record_refusal(server_round, site, str(metrics.get("reason", "")))
+        for site, reason in sorted(rejected.items()):
+            self._record_rejection(server_round, site, reason)
         for reason in _describe_failures(failures):
             self.run_dir.record_event(server_round, {"kind": "fit-failure", "detail": reason})
             progress.note(f"round {server_round}: a node failed during training: {reason}")
-        rejected: dict[str, str] = {}
-        if not self.secure:
-            accepted, rejected = self._screen(server_round, accepted)
         left_out = {**{s: str(m.get("reason", "")) for s, m in refused.items()}, **rejected}
         if left_out and len(accepted) < self.min_nodes:
             self._stop(server_round, len(accepted), left_out)
@@ -168,17 +175,16 @@ class RecordingStrategy(Strategy):
         return parameters, metrics
 
     def _screen(
-        self, server_round: int, results: FitResults
-    ) -> tuple[FitResults, dict[str, str]]:
-        """The replies whose updates pass the checks, and the rejected sites with reasons."""
+        self, results: FitResults
+    ) -> tuple[FitResults, dict[str, str], dict[str, float]]:
+        """The replies whose updates pass the checks, the rejected sites with reasons, and
+        each site's update norm."""
         if self.sent_weights is None:
-            return results, {}
+            return results, {}, {}
         screening = screen_results(
             results, self.sent_weights, self.max_update_norm, lambda p, r: _site_of(p, r.metrics)
         )
-        for site, reason in screening.rejected:
-            self._record_rejection(server_round, site, reason)
-        return screening.accepted, dict(screening.rejected)
+        return screening.accepted, dict(screening.rejected), screening.norms
 
     def _aggregate_ok(
         self, server_round: int, parameters: Parameters, accepted: FitResults
@@ -269,6 +275,12 @@ class RecordingStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """The inner strategy's evaluation, every ``evaluate_every`` rounds and after the last."""
+        due = server_round == self.num_rounds or (
+            self.evaluate_every > 0 and server_round % self.evaluate_every == 0
+        )
+        if not due:
+            return []
         return self.inner.configure_evaluate(server_round, parameters, client_manager)
 
     def aggregate_evaluate(
