@@ -30,7 +30,7 @@ def test_fedavg_with_and_without_secagg_agree(repo: Path, tmp_path: Path) -> Non
     for secagg in ("false", "true"):
         out = tmp_path / f"secagg-{secagg}"
         args = [
-            "run", str(repo / "examples" / "heart"), "--rounds", "2", "--out", str(out),
+            "run", str(repo / "examples" / "heart"), "--rounds", "1", "--out", str(out),
             "--sites-home", str(tmp_path / f"homes-{secagg}"),
             "--set", f"sites={SITES}", "--set", f"secagg={secagg}",
         ]  # fmt: skip

@@ -1,11 +1,29 @@
-"""Bad-update checks (fedmed.server.validation): NaN/Inf, shapes, norm bound."""
+"""Bad-update checks (fedmed.server.validation): NaN/Inf, shapes, norm bound — and how the
+coordinator's strategy (fedmed.server.recording) leaves a rejected update out and audits it.
+The same path against real processes: tests/test_deploy_loopback.py (poisoned update)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from flwr.common import (
+    Code,
+    FitRes,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
 
-from fedmed.server.validation import check_update, update_norm
+from fedmed.audit import AuditLog, verify_log
+from fedmed.outputs import RunDirectory
+from fedmed.server.recording import RecordingStrategy
+from fedmed.server.validation import check_update, screen_results, update_norm
 
 GLOBAL = [np.zeros((3, 4), np.float32), np.zeros(4, np.float32)]
 
@@ -62,10 +80,6 @@ def test_overflowing_norm_is_rejected() -> None:
 
 
 def test_screening_keeps_honest_replies_and_names_the_rejected_sites() -> None:
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-
-    from fedmed.server.validation import screen_results
-
     def reply(site: str, weights: list[np.ndarray]) -> tuple[None, FitRes]:
         res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), 10, {"site": site})
         return None, res
@@ -80,3 +94,75 @@ def test_screening_keeps_honest_replies_and_names_the_rejected_sites() -> None:
     assert "exceeds the bound 5" in screening.rejected[0][1]
     assert "NaN/Inf" in screening.rejected[1][1]
     assert set(screening.norms) == {"a", "b"}  # c's norm is not a number
+
+
+class Site(ClientProxy):
+    """A node as the coordinator's strategy sees it; never called in these tests."""
+
+    def get_properties(self, ins, timeout, group_id):  # noqa: ANN001, ANN201
+        raise NotImplementedError
+
+    def get_parameters(self, ins, timeout, group_id):  # noqa: ANN001, ANN201
+        raise NotImplementedError
+
+    def fit(self, ins, timeout, group_id):  # noqa: ANN001, ANN201
+        raise NotImplementedError
+
+    def evaluate(self, ins, timeout, group_id):  # noqa: ANN001, ANN201
+        raise NotImplementedError
+
+    def reconnect(self, ins, timeout, group_id):  # noqa: ANN001, ANN201
+        raise NotImplementedError
+
+
+def _recorder(tmp_path: Path, secure: bool) -> tuple[RecordingStrategy, list[Site]]:
+    proxies = [Site(name) for name in ("a", "b", "c")]
+    manager = SimpleClientManager()
+    for proxy in proxies:
+        manager.register(proxy)
+    recorder = RecordingStrategy(
+        FedAvg(min_fit_clients=3, min_available_clients=3,
+               initial_parameters=ndarrays_to_parameters(GLOBAL)),
+        RunDirectory(tmp_path / "run", {"run-id": "r"}),
+        num_rounds=1, primary_metric="accuracy", min_nodes=2,
+        audit=AuditLog.open(tmp_path / "run" / "audit.jsonl", tmp_path / "keys", "coordinator"),
+        max_update_norm=5.0, secure=secure,
+    )  # fmt: skip
+    sent = recorder.initialize_parameters(manager)
+    assert sent is not None
+    recorder.configure_fit(1, sent, manager)
+    return recorder, proxies
+
+
+def _fit(proxy: Site, weights: list[np.ndarray]) -> tuple[Site, FitRes]:
+    metrics = {"site": proxy.cid, "refused": 0}
+    return proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), 10, metrics)
+
+
+def test_the_coordinator_leaves_a_poisoned_update_out_and_audits_it(tmp_path: Path) -> None:
+    recorder, (a, b, c) = _recorder(tmp_path, secure=False)
+    honest = _update(0.01)
+    results = [_fit(a, honest), _fit(b, honest), _fit(c, [w + 1000.0 for w in GLOBAL])]
+    parameters, _ = recorder.aggregate_fit(1, results, [])
+    assert parameters is not None  # the round went on with a and b
+    for new, old in zip(parameters_to_ndarrays(parameters), honest, strict=True):
+        np.testing.assert_allclose(new, old, rtol=1e-6)
+    entries = [json.loads(line) for line in (tmp_path / "run" / "audit.jsonl").open()]
+    assert verify_log(tmp_path / "run" / "audit.jsonl").ok
+    (rejected,) = [e["payload"] for e in entries if e["kind"] == "rejected-update"]
+    assert rejected["site"] == "c" and "exceeds the bound 5" in rejected["reason"]
+    (round_entry,) = [e["payload"] for e in entries if e["kind"] == "round"]
+    assert (round_entry["joined"], round_entry["rejected"]) == (["a", "b"], ["c"])
+    fit = recorder.run_dir.document["rounds"][0]["fit"]
+    assert fit["a"]["update-norm"] < 5 < fit["c"]["update-norm"]
+
+
+def test_under_secagg_a_bad_aggregate_keeps_the_previous_model(tmp_path: Path) -> None:
+    """SecAgg+ hands every reply the same (aggregated) parameters: only the sum is checked."""
+    recorder, proxies = _recorder(tmp_path, secure=True)
+    aggregate = [w + 1000.0 for w in GLOBAL]
+    parameters, _ = recorder.aggregate_fit(1, [_fit(p, aggregate) for p in proxies], [])
+    assert parameters is None
+    events = recorder.run_dir.document["rounds"][0]["events"]
+    assert [(e["kind"], e["site"]) for e in events] == [("rejected-update", "aggregate of a,b,c")]
+    assert not (tmp_path / "run" / "checkpoints" / "round-0001.npz").exists()
