@@ -14,10 +14,10 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
+from fedmed.config import ConfigValue, FederationConfig, load_federation
 from fedmed.deploy.errors import DeployError, ProcessFailed
 from fedmed.deploy.kit import (
     find_ca_cert,
@@ -173,11 +173,10 @@ def cmd_node_start(args: argparse.Namespace) -> int:
 # --- run --coordinator ----------------------------------------------------------------------
 
 
-def deployment_config(folder: Path, args: argparse.Namespace) -> Any:
+def deployment_config(folder: Path, args: argparse.Namespace) -> FederationConfig:
     """The federation's settings for a deployed run: as for simulation, except that SecAgg+
     is on unless the folder or ``--set`` says otherwise."""
     from fedmed.commands.run import federation_config
-    from fedmed.config import load_federation
 
     config = federation_config(folder, args)
     explicit = "secagg" in load_federation(folder) or any(
@@ -189,7 +188,9 @@ def deployment_config(folder: Path, args: argparse.Namespace) -> Any:
     return config
 
 
-def deployment_settings(config: Any, out: Path | None, name: str) -> dict[str, Any]:
+def deployment_settings(
+    config: FederationConfig, out: Path | None, name: str
+) -> dict[str, ConfigValue]:
     """The run config sent to the coordinator: paths that only mean something there."""
     settings = config.to_run_config()
     settings["run-dir"] = str(out) if out else f"runs/{name}"

@@ -30,7 +30,7 @@ from fedmed.deploy.errors import PortInUse, ProcessFailed
 from fedmed.deploy.flwr_cli import Connection
 from fedmed.deploy.kit import CoordinatorKit
 from fedmed.deploy.pki import split_address
-from fedmed.deploy.processes import ChildProcess, flower_command, flower_env, port_free
+from fedmed.deploy.processes import ChildProcess, flower_command, port_free, service_env
 from fedmed.deploy.registry import Reconciled, reconcile
 
 READY = r"Uvicorn running on https?://"
@@ -143,12 +143,7 @@ class Coordinator:
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
-        return flower_env(
-            FEDMED_STATE=str(self.layout.root),
-            FLWR_HOME=str(self.layout.flwr_home),
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            PYTHONUNBUFFERED="1",
-        )
+        return service_env(self.layout.root, self.layout.flwr_home)
 
     def start(self, timeout: float = START_TIMEOUT) -> Reconciled:
         """Start the SuperLink, wait until it serves, register the kit's nodes."""

@@ -180,12 +180,3 @@ def find_ca_cert(folder: Path) -> Path:
         if candidate.is_file():
             return candidate.resolve()
     raise ProvisionError(f"{folder}: no {CA_CERT}; pass a folder made by fedmed provision")
-
-
-def kit_addresses(folder: Path) -> tuple[str, ...]:
-    """The coordinator addresses recorded in any kit folder (empty if none)."""
-    folder = Path(folder)
-    for candidate in (folder / KIT_FILE, folder / COORDINATOR_DIR / KIT_FILE):
-        if candidate.is_file():
-            return tuple(read_toml(candidate).get("kit", {}).get("addresses", ()))
-    return ()

@@ -37,7 +37,7 @@ from fedmed.deploy.errors import (
 from fedmed.deploy.kit import SiteKit
 from fedmed.deploy.pki import check_node_private_key
 from fedmed.deploy.probe import probe_coordinator
-from fedmed.deploy.processes import ChildProcess, flower_command, flower_env, port_free
+from fedmed.deploy.processes import ChildProcess, flower_command, port_free, service_env
 from fedmed.deploy.tomlw import toml_value
 from fedmed.errors import DataError
 from fedmed.privacy.ledger import LEDGER_FILE, Ledger
@@ -171,12 +171,7 @@ class Node:
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
-        return flower_env(
-            FEDMED_STATE=str(self.layout.root),
-            FLWR_HOME=str(self.layout.flwr_home),
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            PYTHONUNBUFFERED="1",
-        )
+        return service_env(self.layout.root, self.layout.flwr_home)
 
     def start(self, timeout: float = 60.0) -> str:
         """Preflight, start the SuperNode, wait until the coordinator accepted it; its id."""

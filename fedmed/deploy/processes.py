@@ -269,6 +269,21 @@ def flower_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": os.pathsep.join([scripts, path]) if path else scripts, **extra}
 
 
+def service_env(state: Path, flwr_home: Path) -> dict[str, str]:
+    """The environment of a SuperLink or SuperNode that fedmed runs for ``state``.
+
+    Its fedmed state and Flower home stay in the service's state folder (never the
+    user's home), runtime dependency installation is off, and output is unbuffered so
+    the readiness and failure lines :meth:`ChildProcess.wait_for` looks for arrive at once.
+    """
+    return flower_env(
+        FEDMED_STATE=str(state),
+        FLWR_HOME=str(flwr_home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        PYTHONUNBUFFERED="1",
+    )
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
