@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedmed-installed
 
-.PHONY: demo test install lint clean
+.PHONY: demo test test-deploy install lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf .fedmed runs
+
+# The slow deployment scenarios (poisoned update, node killed mid-round, coordinator
+# restart) with real Flower processes on loopback: ~10 min on 2 cores.
+test-deploy: $(STAMP)
+	FEDMED_DEPLOY_SLOW=1 $(BIN)/python -m pytest tests/test_deploy_loopback.py

@@ -10,7 +10,7 @@ prints the mean over sites of the final global model's test accuracy (mean ± sd
 over seeds) and each site's mean.
 
 The federation runs in this process, without Ray, but through the same code as a
-real run: each site is a :class:`fedmed.clients.app.HospitalClient` whose ``fit``
+real run: each site is a :class:`fedmed.clients.hospital.HospitalClient` whose ``fit``
 goes through the site's policy check, DP-SGD and ledger
 (:mod:`fedmed.clients.private_round`), with the coordinator's own per-round
 instructions (:func:`fedmed.server.app.fit_config_fn`) and Flower's FedAvg
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from flwr.server.strategy.aggregate import aggregate
 
-from fedmed.clients.app import HospitalClient
+from fedmed.clients.hospital import HospitalClient
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig, load_federation

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "fedmed.commands.audit",
     "fedmed.commands.baseline",
     "fedmed.commands.generalization",
+    "fedmed.commands.deploy",
     "fedmed.deid.cli",
 )
 

@@ -39,6 +39,9 @@ class FederationConfig:
     server_lr: float = 0.1
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    # Evaluate at the sites every N rounds and always after the last; 0: after the last only.
+    # In deployment each evaluation is one more ClientApp process per site.
+    evaluate_every: int = 1
     min_nodes: int = 2
     seed: int = 0
     data_dir: str = ""
@@ -57,6 +60,16 @@ class FederationConfig:
     client_dp: bool = False
     client_noise_multiplier: float = 1.0
     client_clip_norm: float = 1.0
+    # Secure aggregation (SecAgg+, fedmed.server.secagg): off in simulation, on by default
+    # in deployment (fedmed.commands.deploy). Counts > 1, fractions <= 1 (Flower's rule).
+    secagg: bool = False
+    secagg_num_shares: float = 1.0
+    secagg_threshold: float = 0.67
+    secagg_clipping_range: float = 8.0
+    secagg_max_weight: float = 1000.0
+    secagg_timeout: float = 0.0
+    # Bad-update screening before aggregation (fedmed.server.validation); 0 = no norm bound.
+    max_update_norm: float = 0.0
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
@@ -87,6 +100,8 @@ class FederationConfig:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} must be in (0, 1], got {value}")
+        if self.evaluate_every < 0:
+            raise ConfigError(f"evaluate-every must be >= 0, got {self.evaluate_every}")
         if self.min_nodes < 1:
             raise ConfigError(f"min-nodes must be >= 1, got {self.min_nodes}")
         if self.dp and not (self.epsilon > 0 or self.noise_multiplier > 0):
@@ -104,6 +119,46 @@ class FederationConfig:
                 f"client-noise-multiplier must be > 0 with client-dp, got "
                 f"{self.client_noise_multiplier}"
             )
+        if self.max_update_norm < 0:
+            raise ConfigError(f"max-update-norm must be >= 0, got {self.max_update_norm}")
+        if self.secagg:
+            self._validate_secagg()
+
+    def _validate_secagg(self) -> None:
+        """Refuse what SecAgg+ cannot honour: it reveals only the sum of the updates."""
+        if self.client_dp:
+            raise ConfigError(
+                "client-dp clips each site's update at the coordinator, which SecAgg+ never "
+                "shows it; turn off secagg or client-dp (sample-level dp works with secagg)"
+            )
+        if self.strategy in ("fedtrimmedavg", "fedmedian"):
+            raise ConfigError(
+                f"{self.strategy} needs each site's update, which SecAgg+ hides from the "
+                "coordinator; choose fedavg, fedprox, fedadam or fedyogi, or set secagg = false"
+            )
+        shares, threshold = self.secagg_num_shares, self.secagg_threshold
+        if not (0 < shares <= 1 or (shares >= 3 and shares == int(shares))):
+            raise ConfigError(
+                "secagg-num-shares must be a fraction in (0, 1] or a whole count >= 3, "
+                f"got {shares}"
+            )
+        if not (0 < threshold <= 1 or (threshold >= 2 and threshold == int(threshold))):
+            raise ConfigError(
+                f"secagg-threshold must be a fraction in (0, 1] or a whole count >= 2, "
+                f"got {threshold}"
+            )
+        if shares > 1 and threshold > 1 and threshold >= shares:
+            raise ConfigError(
+                f"secagg-threshold ({threshold:g}) must be below secagg-num-shares ({shares:g})"
+            )
+        for name in ("secagg_clipping_range", "secagg_max_weight"):
+            if getattr(self, name) <= 0:
+                value = getattr(self, name)
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        if self.secagg_timeout < 0:
+            raise ConfigError(f"secagg-timeout must be >= 0, got {self.secagg_timeout}")
+        if self.min_nodes < 2:
+            raise ConfigError("secagg needs min-nodes >= 2: a sum of one update is that update")
 
     def site_list(self, default_sites: list[str]) -> list[str]:
         """The federation's sites in node order (``sites`` setting, else the pack's)."""

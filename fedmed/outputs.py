@@ -101,6 +101,15 @@ class RunDirectory:
         }
         self.flush()
 
+    @classmethod
+    def continued(cls, root: Path, document: Mapping[str, Any]) -> RunDirectory:
+        """A run directory that goes on from ``document`` (a resumed run's metrics so far)."""
+        run_dir = cls.__new__(cls)
+        run_dir.root = Path(root)
+        run_dir.document = dict(document)
+        run_dir.flush()
+        return run_dir
+
     def _round(self, server_round: int) -> dict[str, Any]:
         for entry in self.document["rounds"]:
             if entry["round"] == server_round:

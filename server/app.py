@@ -13,6 +13,13 @@ model is saved as ``model.pt``.
 Every round's fit config carries the run id and the job's DP request
 (:class:`fedmed.privacy.job.DPJob`); each site decides under its own policy.
 Contract with the node: see ``fedmed.clients.app``.
+
+With ``secagg = true`` the fit step is Flower's SecAgg+ workflow
+(:func:`fedmed.server.secagg.secagg_workflow`); updates are screened before
+aggregation (``max-update-norm``, :mod:`fedmed.server.validation`). A run directory
+that already holds checkpoints of the same run is resumed from the last one
+(:mod:`fedmed.server.resume`). The run ends with one ``FEDMED-RESULT`` log line that
+``fedmed run --coordinator`` reads on the submitting machine.
 """
 
 from __future__ import annotations
@@ -32,10 +39,14 @@ import fedmed
 from fedmed.audit import AuditLog
 from fedmed.audit.provenance import code_version, config_hash
 from fedmed.config import FederationConfig
+from fedmed.errors import ConfigError
 from fedmed.outputs import RunDirectory
 from fedmed.plots import plot_run
 from fedmed.privacy.job import DPJob
+from fedmed.server import progress
 from fedmed.server.recording import RecordingStrategy
+from fedmed.server.resume import ResumePoint, RoundOffset, find_resume_point
+from fedmed.server.secagg import secagg_workflow
 from fedmed.server.strategies import build_strategy
 from fedmed.state import state_dir
 from fedmed.tasks import TaskPack, get_task
@@ -89,17 +100,18 @@ def coordinator_audit(config: FederationConfig, run_dir: Path) -> AuditLog:
     return AuditLog.open(run_dir / COORDINATOR_LOG, home / "keys", "coordinator")
 
 
-def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> Path:
-    """Run ``config.num_server_rounds`` rounds; return the run directory."""
-    pack = get_task(config.task)
-    sites = config.site_list(pack.site_names())
-    torch.manual_seed(config.seed)
-    model = pack.build_model()
-    root = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    run_id = f"{root.name}-{uuid.uuid4().hex[:8]}"
-    run_dir = RunDirectory(
-        root,
-        header={
+def open_run(
+    root: Path, config: FederationConfig, sites: list[str], pack: TaskPack
+) -> tuple[RunDirectory, ResumePoint | None]:
+    """The run directory at ``root``: a new run, or the same run resumed from its checkpoint.
+
+    A run is resumed only with the settings it started with, so the sites' ledgers and
+    the coordinator's audit log describe one run; anything else is refused.
+    """
+    point = find_resume_point(root)
+    if point is None:
+        run_id = f"{root.name}-{uuid.uuid4().hex[:8]}"
+        header = {
             "fedmed-version": fedmed.__version__,
             "run-id": run_id,
             "federation": config.federation,
@@ -108,21 +120,54 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
             "sites": sites,
             "primary-metric": pack.primary_metric,
             "config": config.to_run_config(),
-        },
-    )
+        }
+        return RunDirectory(root, header=header), None
+    if point.document.get("config") != config.to_run_config():
+        raise ConfigError(
+            f"{root} holds run {point.run_id} with other settings; resume it with the same "
+            "settings or choose another run directory"
+        )
+    if point.round >= config.num_server_rounds:
+        raise ConfigError(f"{root}: run {point.run_id} already completed its rounds")
+    return RunDirectory.continued(root, point.trimmed_document()), point
+
+
+def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> Path:
+    """Run ``config.num_server_rounds`` rounds (or those left after a checkpoint)."""
+    pack = get_task(config.task)
+    sites = config.site_list(pack.site_names())
+    torch.manual_seed(config.seed)
+    model = pack.build_model()
+    root = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    run_dir, resumed = open_run(root, config, sites, pack)
+    run_id = str(run_dir.document["run-id"])
+    done = resumed.round if resumed is not None else 0
     audit = coordinator_audit(config, run_dir.root)
-    audit.append(
-        "run-start",
-        {
-            "run": run_id,
-            "federation": config.federation,
-            "task": config.task,
-            "sites": sites,
-            "config_sha256": config_hash(config.to_run_config()),
-            "config": config.to_run_config(),
-            "code": code_version(),
-        },
-    )
+    if resumed is None:
+        audit.append(
+            "run-start",
+            {
+                "run": run_id,
+                "federation": config.federation,
+                "task": config.task,
+                "sites": sites,
+                "config_sha256": config_hash(config.to_run_config()),
+                "config": config.to_run_config(),
+                "code": code_version(),
+            },
+        )
+    else:
+        set_weights(model, resumed.weights)
+        audit.append(
+            "run-resume",
+            {
+                "run": run_id,
+                "from_round": done,
+                "model_sha256": fingerprint_arrays(resumed.weights),
+                "code": code_version(),
+            },
+        )
+        progress.note(f"resuming run {run_id} after round {done} of {config.num_server_rounds}")
     recorder = RecordingStrategy(
         build_strategy(
             config,
@@ -135,15 +180,19 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
         primary_metric=pack.primary_metric,
         min_nodes=min(config.min_nodes, len(sites)),
         audit=audit,
+        max_update_norm=config.max_update_norm,
+        secure=config.secagg,
+        participation=resumed.participation() if resumed is not None else None,
+        evaluate_every=config.evaluate_every,
     )
     legacy_context = LegacyContext(
         context=context,
-        config=ServerConfig(num_rounds=config.num_server_rounds),
-        strategy=recorder,
+        config=ServerConfig(num_rounds=config.num_server_rounds - done),
+        strategy=RoundOffset(recorder, done) if done else recorder,
     )
     status = "failed"
     try:
-        DefaultWorkflow()(grid, legacy_context)
+        DefaultWorkflow(fit_workflow=secagg_workflow(config))(grid, legacy_context)
         status = "completed"
     except Exception as exc:
         status = f"stopped: {exc}"
@@ -165,6 +214,16 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
                 "privacy": run_dir.document["privacy"],
                 "client_privacy": run_dir.document.get("client_privacy", {}),
             },
+        )
+        progress.result_line(
+            {
+                "run-id": run_id,
+                "status": status,
+                "run_dir": str(run_dir.root.resolve()),
+                "final": run_dir.document["final"],
+                "privacy": run_dir.document["privacy"],
+                "client_privacy": run_dir.document.get("client_privacy", {}),
+            }
         )
     return run_dir.root
 

@@ -13,7 +13,9 @@ from rich.table import Table
 
 from fedmed.outputs import json_safe
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: a deployed ServerApp has no terminal (80 columns); its round lines are read
+# through `flwr log`, so they must not be broken mid-line.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 # Prefix of the one machine-readable line a run ends with (read by `fedmed run --coordinator`).
 RESULT_MARKER = "FEDMED-RESULT "
 

@@ -8,8 +8,14 @@ audit trail, and they would average a refusal like any other reply.
   ``fedmed.clients.app``) before aggregation, and logs each refusal three ways:
   an event in the run directory, a ``refusal`` entry in the coordinator's signed
   audit log, and a note on the console;
-- stops the run (:class:`FederationStopped`) when refusals leave fewer than
-  ``min_nodes`` sites, rather than publish a model of too few sites;
+- screens every update before aggregation (:mod:`fedmed.server.validation`: NaN/Inf,
+  shapes, ``max_update_norm``); a rejected update is left out of the average and
+  logged like a refusal (event and signed ``rejected-update`` entry naming the site).
+  Under SecAgg+ (``secure``) each reply carries only the securely aggregated sum, so
+  the aggregate is screened instead and a bad one keeps the previous global model;
+- stops the run (:class:`FederationStopped`) when refusals or rejections leave fewer
+  than ``min_nodes`` sites, rather than publish a model of too few sites;
+- asks the sites to evaluate every ``evaluate_every`` rounds and after the last;
 - writes each site's fit and evaluation metrics and privacy summary
   (``privacy.<site>`` in metrics.json), the global weights (checkpoint) and a signed
   ``round`` entry with the model's SHA-256 and the audit-log heads the sites reported.
@@ -40,6 +46,7 @@ from fedmed.audit import AuditLog
 from fedmed.errors import FedmedError
 from fedmed.outputs import RunDirectory
 from fedmed.server import progress
+from fedmed.server.validation import check_update, screen_results
 from fedmed.tasks.base import fingerprint_arrays
 
 FitResults = list[tuple[ClientProxy, FitRes]]
@@ -90,6 +97,10 @@ class RecordingStrategy(Strategy):
         primary_metric: str,
         min_nodes: int = 1,
         audit: AuditLog | None = None,
+        max_update_norm: float = 0.0,
+        secure: bool = False,
+        participation: Mapping[str, Mapping[str, int]] | None = None,
+        evaluate_every: int = 1,
     ) -> None:
         self.inner = inner
         self.run_dir = run_dir
@@ -97,8 +108,14 @@ class RecordingStrategy(Strategy):
         self.primary_metric = primary_metric
         self.min_nodes = min_nodes
         self.audit = audit
+        self.max_update_norm = max_update_norm
+        self.secure = secure
+        self.evaluate_every = evaluate_every
         self.latest_weights: list[np.ndarray] | None = None
-        self.participation: dict[str, dict[str, int]] = {}
+        self.sent_weights: list[np.ndarray] | None = None
+        self.participation: dict[str, dict[str, int]] = {
+            site: dict(counts) for site, counts in (participation or {}).items()
+        }
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.inner!r})"
@@ -112,6 +129,7 @@ class RecordingStrategy(Strategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        self.sent_weights = parameters_to_ndarrays(parameters)  # updates are checked against it
         return self.inner.configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(
@@ -121,28 +139,80 @@ class RecordingStrategy(Strategy):
             _site_of(proxy, res.metrics): {**res.metrics, "num-examples": res.num_examples}
             for proxy, res in results
         }
-        self.run_dir.record_fit(server_round, per_site)
         accepted = [(proxy, res) for proxy, res in results if not _is_refusal(res)]
+        rejected: dict[str, str] = {}
+        if not self.secure:
+            accepted, rejected, norms = self._screen(accepted)
+            for site, norm in norms.items():  # what honest sites send: how to pick the bound
+                per_site[site]["update-norm"] = norm
+        self.run_dir.record_fit(server_round, per_site)
         refused = {site: m for site, m in per_site.items() if m.get("refused")}
         self._record_participation(per_site)
         for site, metrics in sorted(refused.items()):
             self._record_refusal(server_round, site, str(metrics.get("reason", "")))
+        for site, reason in sorted(rejected.items()):
+            self._record_rejection(server_round, site, reason)
         for reason in _describe_failures(failures):
             self.run_dir.record_event(server_round, {"kind": "fit-failure", "detail": reason})
             progress.note(f"round {server_round}: a node failed during training: {reason}")
-        if refused and len(accepted) < self.min_nodes:
-            self._stop(server_round, len(accepted), refused)
+        left_out = {**{s: str(m.get("reason", "")) for s, m in refused.items()}, **rejected}
+        if left_out and len(accepted) < self.min_nodes:
+            self._stop(server_round, len(accepted), left_out)
         parameters, metrics = self.inner.aggregate_fit(server_round, accepted, failures)
+        if parameters is not None and self.secure and not self._aggregate_ok(
+            server_round, parameters, accepted
+        ):
+            parameters, metrics = None, {}
         if parameters is not None:
             self.latest_weights = parameters_to_ndarrays(parameters)
             self.run_dir.save_checkpoint(server_round, self.latest_weights)
-            self._audit_round(server_round, accepted, sorted(refused), metrics)
+            self._audit_round(server_round, accepted, sorted(refused), sorted(rejected), metrics)
         client_privacy = {
             name: metrics[key] for key, name in CLIENT_PRIVACY_METRICS.items() if key in metrics
         }
         if client_privacy:
             self.run_dir.record_client_privacy(client_privacy)
         return parameters, metrics
+
+    def _screen(
+        self, results: FitResults
+    ) -> tuple[FitResults, dict[str, str], dict[str, float]]:
+        """The replies whose updates pass the checks, the rejected sites with reasons, and
+        each site's update norm."""
+        if self.sent_weights is None:
+            return results, {}, {}
+        screening = screen_results(
+            results, self.sent_weights, self.max_update_norm, lambda p, r: _site_of(p, r.metrics)
+        )
+        return screening.accepted, dict(screening.rejected), screening.norms
+
+    def _aggregate_ok(
+        self, server_round: int, parameters: Parameters, accepted: FitResults
+    ) -> bool:
+        """Under SecAgg+, check the securely aggregated update (no single site is visible).
+
+        The mean of updates within the norm bound is within it too, so the bound keeps
+        its meaning; a failing aggregate is recorded against every joined site.
+        """
+        if self.sent_weights is None:
+            return True
+        verdict = check_update(
+            parameters_to_ndarrays(parameters), self.sent_weights, self.max_update_norm
+        )
+        if not verdict.ok:
+            joined = ",".join(sorted(_site_of(p, r.metrics) for p, r in accepted))
+            self._record_rejection(server_round, f"aggregate of {joined}", verdict.reason)
+        return verdict.ok
+
+    def _record_rejection(self, server_round: int, site: str, reason: str) -> None:
+        self.run_dir.record_event(
+            server_round, {"kind": "rejected-update", "site": site, "reason": reason}
+        )
+        if self.audit is not None:
+            self.audit.append(
+                "rejected-update", {"round": server_round, "site": site, "reason": reason}
+            )
+        progress.note(f"round {server_round}: the update of {site} was rejected: {reason}")
 
     def _record_participation(self, per_site: Mapping[str, Mapping[str, Any]]) -> None:
         """Each site's privacy summary and its joined/refused round counts in metrics.json."""
@@ -161,11 +231,11 @@ class RecordingStrategy(Strategy):
             self.audit.append("refusal", {"round": server_round, "site": site, "reason": reason})
         progress.note(f"round {server_round}: {site} refused to train: {reason}")
 
-    def _stop(self, server_round: int, accepted: int, refused: Mapping[str, Any]) -> None:
-        reasons = "; ".join(f"{site}: {m.get('reason', '')}" for site, m in sorted(refused.items()))
+    def _stop(self, server_round: int, accepted: int, left_out: Mapping[str, str]) -> None:
+        reasons = "; ".join(f"{site}: {reason}" for site, reason in sorted(left_out.items()))
         message = (
             f"round {server_round}: only {accepted} site(s) accepted, fewer than min-nodes "
-            f"{self.min_nodes}; the run stops. Refused — {reasons}"
+            f"{self.min_nodes}; the run stops. Refused or rejected — {reasons}"
         )
         self.run_dir.record_stop(server_round, message)
         raise FederationStopped(message)
@@ -175,6 +245,7 @@ class RecordingStrategy(Strategy):
         server_round: int,
         accepted: FitResults,
         refused: list[str],
+        rejected: list[str],
         metrics: Mapping[str, Scalar],
     ) -> None:
         """Sign the round: model hash, who joined, and the log heads the sites reported."""
@@ -195,6 +266,7 @@ class RecordingStrategy(Strategy):
             "model_sha256": fingerprint_arrays(self.latest_weights),
             "joined": joined,
             "refused": refused,
+            "rejected": rejected,
             "site_heads": heads,
         }
         payload.update({k: v for k, v in metrics.items() if k.startswith("client-")})
@@ -203,6 +275,12 @@ class RecordingStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """The inner strategy's evaluation, every ``evaluate_every`` rounds and after the last."""
+        due = server_round == self.num_rounds or (
+            self.evaluate_every > 0 and server_round % self.evaluate_every == 0
+        )
+        if not due:
+            return []
         return self.inner.configure_evaluate(server_round, parameters, client_manager)
 
     def aggregate_evaluate(

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from fedmed.cli import main
-from fedmed.clients.app import HospitalClient
+from fedmed.clients.hospital import HospitalClient
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmed.cli import main
-from fedmed.clients.app import HospitalClient
+from fedmed.clients.hospital import HospitalClient
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig

@@ -1,5 +1,8 @@
 """``fedmed run`` and ``fedmed demo``: a federation folder, end to end, embedded.
 
+``fedmed run FEDERATION --coordinator ADDR --kit DIR`` submits the same federation to
+a deployed coordinator instead (:func:`fedmed.commands.deploy.run_on_coordinator`).
+
 Runs are private by default (the federation's ``dp`` setting; ``--no-dp`` turns it
 off, and sites with a finite budget then refuse). Simulated site homes live in
 ``--sites-home`` or ``<state>/sites/<federation>``, so ε composes across runs. The
@@ -19,7 +22,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fedmed.commands.deploy import add_coordinator_options
 from fedmed.config import STRATEGIES, FederationConfig, load_federation
+from fedmed.errors import ConfigError
 from fedmed.server.progress import results_table
 from fedmed.state import state_root
 from fedmed.tasks import get_task
@@ -169,6 +174,12 @@ def privacy_table(metrics: dict[str, Any]) -> Table:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.coordinator:
+        from fedmed.commands.deploy import run_on_coordinator
+
+        return run_on_coordinator(args.federation, args)
+    if args.kit:
+        raise ConfigError("--kit is for deployment: pass --coordinator HOST:PORT as well")
     return run_federation_folder(args.federation, args)
 
 
@@ -179,13 +190,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser(
         "run",
-        help="run a federation folder on Flower's Simulation Engine",
+        help="run a federation folder (simulation, or a deployed coordinator)",
         description="Run a federation folder (a Flower app folder under examples/) with one "
-        "simulated node per site, then print the per-site results.",
+        "simulated node per site, or on a deployed coordinator with --coordinator and --kit "
+        "(SecAgg+ on unless the folder or --set secagg=false says otherwise), then print the "
+        "per-site results.",
     )
     run.add_argument("federation", type=Path, help="federation folder, e.g. examples/heart")
     add_run_options(run)
     add_privacy_options(run)
+    add_coordinator_options(run)
     run.set_defaults(func=cmd_run)
 
     demo = subparsers.add_parser(

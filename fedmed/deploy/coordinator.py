@@ -1,0 +1,190 @@
+"""The coordinator process: Flower's SuperLink with TLS, node authentication and a database.
+
+What ``fedmed coordinator start`` runs, and why each flag:
+
+- ``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``: TLS on the one port where
+  Flower 1.42 serves the Fleet (nodes), Control (``flwr run``) and Runtime
+  (ServerApp) APIs.
+- ``--enable-supernode-auth``: only nodes whose public key was registered may
+  connect; the kit's keys are registered right after start (:mod:`fedmed.deploy.registry`).
+- ``--disable-runtime-dependency-installation``: Flower would otherwise ``uv sync``
+  each submitted app's dependencies (measured: a 5.6 GB CUDA torch).
+- ``--database <state>/superlink.db``: runs and registered nodes survive a restart.
+
+The SuperLink runs with ``FEDMED_STATE=<state>`` and ``<state>`` as its working
+directory, and its ServerApp processes inherit both: run directories land in
+``<state>/runs`` and the coordinator's audit key is ``<state>/coordinator/keys``
+(copied from the kit on first start).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmed.audit.keys import KEY_FILE
+from fedmed.deploy.errors import PortInUse, ProcessFailed
+from fedmed.deploy.flwr_cli import Connection
+from fedmed.deploy.kit import CoordinatorKit
+from fedmed.deploy.pki import split_address
+from fedmed.deploy.processes import ChildProcess, flower_command, port_free, service_env
+from fedmed.deploy.registry import Reconciled, reconcile
+
+READY = r"Uvicorn running on https?://"
+FAILURES = {
+    r"address already in use": "port-in-use",
+    r"Exit Code: \d+": "exit",
+    r"Traceback \(most recent call last\)": "exit",
+    r"Application startup failed": "exit",
+}
+START_TIMEOUT = 90.0
+
+
+@dataclass(frozen=True)
+class CoordinatorLayout:
+    """Where a coordinator keeps its state (the ``--state`` folder)."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "superlink.db"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / "flwr"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "logs" / "superlink.log"
+
+    @property
+    def audit_keys(self) -> Path:
+        return self.root / "coordinator" / "keys"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+
+def listen_address(kit: CoordinatorKit, listen: str | None) -> tuple[str, int]:
+    """Where to bind: ``listen`` if given; else the kit's port, on loopback only if every
+    address in the certificate is loopback (a coordinator nobody else could dial anyway)."""
+    if listen:
+        host, port = split_address(listen)
+        return host, port or split_address(kit.addresses[0])[1] or 9092
+    hosts = [split_address(a)[0] for a in kit.addresses]
+    port = split_address(kit.addresses[0])[1] or 9092
+    return ("127.0.0.1" if all(_is_loopback(h) for h in hosts) else "0.0.0.0"), port
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def local_address(kit: CoordinatorKit, port: int) -> str:
+    """An address in the certificate that this machine can dial (for registration)."""
+    for address in kit.addresses:
+        host, _ = split_address(address)
+        if _is_loopback(host):
+            return f"{host}:{port}"
+    return f"{split_address(kit.addresses[0])[0]}:{port}"
+
+
+class Coordinator:
+    """A running SuperLink for one kit; use as a context manager so it is always stopped."""
+
+    def __init__(
+        self,
+        kit: CoordinatorKit,
+        state: Path,
+        listen: str | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.kit = kit
+        self.layout = CoordinatorLayout(Path(state).resolve())
+        self.host, self.port = listen_address(kit, listen)
+        self.echo = echo
+        self.process: ChildProcess | None = None
+        self.connection = Connection(
+            self.layout.flwr_home, local_address(kit, self.port), kit.ca_cert
+        )
+
+    def _prepare_state(self) -> None:
+        self.layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.layout.runs.mkdir(exist_ok=True)
+        target = self.layout.audit_keys / KEY_FILE
+        source = self.kit.audit_keys / KEY_FILE
+        if not target.exists() and source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+        self.connection.write()
+
+    def argv(self) -> list[str]:
+        return [
+            flower_command("flower-superlink"),
+            "--ssl-ca-certfile", str(self.kit.ca_cert),
+            "--ssl-certfile", str(self.kit.cert),
+            "--ssl-keyfile", str(self.kit.key),
+            "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+            "--database", str(self.layout.database),
+            "--host", self.host,
+            "--port", str(self.port),
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return service_env(self.layout.root, self.layout.flwr_home)
+
+    def start(self, timeout: float = START_TIMEOUT) -> Reconciled:
+        """Start the SuperLink, wait until it serves, register the kit's nodes."""
+        if not port_free(self.host, self.port):
+            raise PortInUse(
+                f"cannot listen on {self.host}:{self.port}: the port is in use (another "
+                f"coordinator? `ss -ltnp | grep :{self.port}`); stop it or pass --listen HOST:PORT"
+            )
+        self._prepare_state()
+        self.process = ChildProcess(
+            "superlink",
+            self.argv(),
+            self.layout.log,
+            env=self.env(),
+            cwd=self.layout.root,
+            echo=self.echo,
+        ).start()
+        outcome, line = self.process.wait_for({READY: "ready", **FAILURES}, timeout)
+        if outcome == "port-in-use":
+            raise PortInUse(f"cannot listen on {self.host}:{self.port}: {line.strip()}")
+        if outcome != "ready":
+            if outcome is not None:  # let it finish printing why and exit
+                self.process.wait_for({}, timeout=10.0)
+            self.stop()
+            raise ProcessFailed(self.failure_message("did not start", timeout))
+        self.process.remember_descendants()
+        return reconcile(self.kit, self.connection, self.layout.root)
+
+    def failure_message(self, what: str, timeout: float) -> str:
+        assert self.process is not None
+        code = self.process.returncode()
+        why = f"exited with code {code}" if code is not None else f"no answer in {timeout:.0f} s"
+        last = " | ".join(line for line in self.process.tail(4) if line.strip())
+        return f"the SuperLink {what} ({why}); log {self.layout.log}: {last}"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

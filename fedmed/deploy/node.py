@@ -1,0 +1,230 @@
+"""The hospital node process: Flower's SuperNode with TLS, its node key and its node config.
+
+``fedmed node start`` checks what it can before starting Flower (the key file's
+mode, the local runtime port, a TLS handshake with the coordinator using the kit's
+CA: :mod:`fedmed.deploy.probe`), then runs ``flower-supernode`` with:
+
+- ``--root-certificates <kit>/ca.crt``: trust only the federation's CA;
+- ``--auth-supernode-private-key <kit>/node-auth.key``: prove the node is registered;
+- ``--node-config <state>/node-config.toml``: ``site``, ``data-dir``, ``site-home`` —
+  what the ClientApp reads to find this hospital's data and site home
+  (``fedmed.clients.hospital.site_for_context``);
+- ``--port``: the node's local Runtime API (ClientApp processes talk to it; it binds
+  127.0.0.1 only). Two nodes on one machine need two ports.
+
+The node is up once Flower logs its SuperNode id (it was authenticated); a refused
+key (Flower error 2004) or a TLS failure ends the command with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmed.audit import AuditLog
+from fedmed.audit.keys import KEY_FILE
+from fedmed.deploy.errors import (
+    CoordinatorUnreachable,
+    NodeNotRegistered,
+    PortInUse,
+    ProcessFailed,
+    WrongCertificate,
+)
+from fedmed.deploy.kit import SiteKit
+from fedmed.deploy.pki import check_node_private_key
+from fedmed.deploy.probe import probe_coordinator
+from fedmed.deploy.processes import ChildProcess, flower_command, port_free, service_env
+from fedmed.deploy.tomlw import toml_value
+from fedmed.errors import DataError
+from fedmed.privacy.ledger import LEDGER_FILE, Ledger
+from fedmed.privacy.policy import POLICY_FILE, load_policy
+
+CONNECTED = r"SuperNode ID: (\d+)"
+OUTCOMES = {
+    CONNECTED: "connected",
+    r"code: 2004|Failed to activate SuperNode|No SuperNode found": "not-registered",
+    r"CERTIFICATE_VERIFY_FAILED": "wrong-certificate",
+    r"address already in use": "port-in-use",
+    r"Exit Code: \d+": "exit",
+}
+DEFAULT_RUNTIME_PORT = 9094
+SITE_AUDIT_FILE = "audit.jsonl"
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """Where a node keeps Flower's home, its node config and its log (``--state``)."""
+
+    root: Path
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / "flwr"
+
+    @property
+    def node_config(self) -> Path:
+        return self.root / "node-config.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "logs" / "supernode.log"
+
+
+def seed_site_home(kit: SiteKit, home: Path) -> bool:
+    """Create ``home`` from the kit (its policy and audit key) if it does not exist yet.
+
+    An existing home is never touched: it holds the ledger of privacy already spent.
+    Returns whether a home was created.
+    """
+    home = Path(home)
+    if home.exists():
+        return False
+    home.parent.mkdir(parents=True, exist_ok=True)
+    staging = home.parent / f".{home.name}.from-kit-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700)
+    try:
+        keys = staging / "keys"
+        keys.mkdir(mode=0o700)
+        shutil.copyfile(kit.audit_keys / KEY_FILE, keys / KEY_FILE)
+        (keys / KEY_FILE).chmod(0o600)
+        shutil.copyfile(kit.policy, staging / POLICY_FILE)
+        policy = load_policy(staging / POLICY_FILE)
+        Ledger.create(staging / LEDGER_FILE, kit.site)
+        log = AuditLog.open(staging / SITE_AUDIT_FILE, keys, f"site:{kit.site}")
+        log.append(
+            "site-home-created",
+            {"site": kit.site, "policy": policy.to_json(), "federation": kit.federation},
+        )
+        os.rename(staging, home)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
+def classify(lines: list[str]) -> str | None:
+    """The most specific failure named anywhere in ``lines`` (Flower's exit notices)."""
+    text = "\n".join(lines)
+    for pattern, outcome in OUTCOMES.items():
+        if outcome not in ("connected", "exit") and re.search(pattern, text):
+            return outcome
+    return None
+
+
+class Node:
+    """A running SuperNode for one site kit; a context manager so it is always stopped."""
+
+    def __init__(
+        self,
+        kit: SiteKit,
+        data_dir: Path,
+        site_home: Path,
+        coordinator: str,
+        state: Path,
+        runtime_port: int = DEFAULT_RUNTIME_PORT,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.kit = kit
+        self.data_dir = Path(data_dir).resolve()
+        self.site_home = Path(site_home).resolve()
+        self.coordinator = coordinator
+        self.layout = NodeLayout(Path(state).resolve())
+        self.runtime_port = runtime_port
+        self.echo = echo
+        self.process: ChildProcess | None = None
+        self.node_id: str = ""
+
+    def preflight(self, probe_timeout: float = 5.0) -> None:
+        """Everything checkable before Flower starts, each failure a one-line error."""
+        check_node_private_key(self.kit.node_key)
+        if not self.data_dir.is_dir():
+            raise DataError(f"{self.data_dir}: data folder not found")
+        if not port_free("127.0.0.1", self.runtime_port):
+            raise PortInUse(
+                f"node runtime port 127.0.0.1:{self.runtime_port} is in use (another node on "
+                "this machine?); pass --port with a free port"
+            )
+        probe_coordinator(self.coordinator, self.kit.ca_cert, timeout=probe_timeout)
+
+    def write_node_config(self) -> Path:
+        values = {
+            "site": self.kit.site,
+            "data-dir": str(self.data_dir),
+            "site-home": str(self.site_home),
+        }
+        text = "".join(f"{key} = {toml_value(value)}\n" for key, value in values.items())
+        self.layout.node_config.write_text(text, encoding="utf-8")
+        return self.layout.node_config
+
+    def argv(self) -> list[str]:
+        return [
+            flower_command("flower-supernode"),
+            "--superlink", self.coordinator,
+            "--root-certificates", str(self.kit.ca_cert),
+            "--auth-supernode-private-key", str(self.kit.node_key),
+            "--node-config", str(self.layout.node_config),
+            "--port", str(self.runtime_port),
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return service_env(self.layout.root, self.layout.flwr_home)
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Preflight, start the SuperNode, wait until the coordinator accepted it; its id."""
+        self.preflight()
+        self.layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        seed_site_home(self.kit, self.site_home)
+        self.write_node_config()
+        self.process = ChildProcess(
+            f"supernode-{self.kit.site}",
+            self.argv(),
+            self.layout.log,
+            env=self.env(),
+            cwd=self.layout.root,
+            echo=self.echo,
+        ).start()
+        outcome, line = self.process.wait_for(OUTCOMES, timeout)
+        if outcome == "connected":
+            self.node_id = line.rsplit(":", 1)[-1].strip()
+            self.process.remember_descendants()
+            return self.node_id
+        alive = outcome is None and self.process.returncode() is None
+        if outcome is not None:  # Flower prints its exit notice over several lines
+            self.process.wait_for({}, timeout=10.0)
+            outcome = classify(self.process.tail(40)) or outcome
+        self.stop()
+        if outcome == "not-registered":
+            raise NodeNotRegistered(
+                f"the coordinator at {self.coordinator} refused {self.kit.site}'s node key "
+                f"({self.kit.node_key}): it is not registered. The coordinator registers the keys "
+                "in its kit's node-keys/ at `fedmed coordinator start` or `fedmed coordinator "
+                "register`; check the kit is from the same provisioning"
+            )
+        if outcome == "wrong-certificate":
+            raise WrongCertificate(
+                f"TLS to {self.coordinator} failed: the coordinator's certificate is not signed "
+                f"by {self.kit.ca_cert}"
+            )
+        if outcome == "port-in-use":
+            raise PortInUse(f"node runtime port {self.runtime_port} is in use; pass --port")
+        if alive:
+            raise CoordinatorUnreachable(
+                f"the coordinator at {self.coordinator} did not accept the node in "
+                f"{timeout:.0f} s; log: {self.layout.log}"
+            )
+        last = " | ".join(x for x in self.process.tail(6) if x.strip())
+        raise ProcessFailed(f"the SuperNode stopped: {last} (log {self.layout.log})")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
