@@ -48,11 +48,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
             Policy(epsilon=budget, allowed_tasks=("heart",)).to_toml()
         )
     results = {"sites_home": sites_home, "base": base}
-    results["first"] = demo(base / "run1", sites_home)
-    results["after_first"] = {s: len(ledger.releases) for s, ledger in ledgers(sites_home).items()}
-    results["second"] = demo(base / "run2", sites_home, "--client-dp")
-    results["after_second"] = {s: len(ledger.releases) for s, ledger in ledgers(sites_home).items()}
-    results["third"] = demo(base / "run3", sites_home)
+    with pytest.MonkeyPatch.context() as env:  # module scope: conftest's isolation is per test
+        env.setenv("FEDMED_STATE", str(base / "state"))
+        env.setenv("FLWR_HOME", str(base / "state" / "flwr"))
+        results["first"] = demo(base / "run1", sites_home)
+        results["after_first"] = {s: len(x.releases) for s, x in ledgers(sites_home).items()}
+        results["second"] = demo(base / "run2", sites_home, "--client-dp")
+        results["after_second"] = {s: len(x.releases) for s, x in ledgers(sites_home).items()}
+        results["third"] = demo(base / "run3", sites_home)
     return results
 
 
