@@ -6,8 +6,8 @@ Two measurements, side by side in one run:
    sites, the folder's settings) on Flower's Simulation Engine and deployed —
    a real SuperLink and one SuperNode per site on loopback with TLS and node
    authentication (:class:`fedmed.deploy.loopback.LoopbackFederation`). Per-round
-   time is read from the coordinator's signed audit log (one ``round`` entry per
-   round, 1 s resolution): ``(t_last − t_first) / (rounds − 1)``, so engine and
+   time is the mean gap between successive aggregations recorded in the run's
+   ``metrics.json`` (:func:`fedmed.outputs.seconds_per_round`), so engine and
    process start-up are excluded. ``--deploy-secagg`` adds a deployed SecAgg+ run.
 2. ``secagg``: SecAgg+ vs plain FedAvg in simulation, a ~1M-parameter MLP trained
    one local epoch per round at each node, at 3 and 10 nodes. The coordinator
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow
 
+from fedmed import outputs
 from fedmed.clients.secagg import secagg_when_requested
 from fedmed.clients.site_home import SiteHome
 from fedmed.commands.deploy import deployment_settings
@@ -51,10 +51,9 @@ from fedmed.deploy.kit import find_ca_cert
 from fedmed.deploy.loopback import LoopbackFederation
 from fedmed.deploy.submit import submit
 from fedmed.privacy.policy import Policy
-from fedmed.server.app import COORDINATOR_LOG
 from fedmed.server.secagg import secagg_workflow
 from fedmed.simulation import _quiet_flower, run_simulation
-from fedmed.state import state_dir
+from fedmed.state import ray_temp_dir
 
 REPO = Path(__file__).resolve().parents[1]
 HEART_DATA = REPO / "fedmed" / "data" / "uci_heart"
@@ -64,16 +63,8 @@ HEART_DATA = REPO / "fedmed" / "data" / "uci_heart"
 
 
 def seconds_per_round(run_dir: Path) -> float:
-    """``(t_last − t_first) / (rounds − 1)`` over the coordinator log's ``round`` entries."""
-    times = []
-    for line in (run_dir / COORDINATOR_LOG).read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        if entry["kind"] == "round":
-            stamp = datetime.datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%SZ")
-            times.append(stamp.timestamp())
-    if len(times) < 2:
-        raise RuntimeError(f"{run_dir}: fewer than two rounds were logged")
-    return (times[-1] - times[0]) / (len(times) - 1)
+    """Wall time between successive aggregations, from the run's ``metrics.json``."""
+    return outputs.seconds_per_round(json.loads((run_dir / "metrics.json").read_text()))
 
 
 def federation_settings(args: argparse.Namespace, rounds: int) -> FederationConfig:
@@ -216,7 +207,7 @@ def mlp_round_seconds(
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                 "init_args": {
                     "num_cpus": min(nodes, os.cpu_count() or 1),
-                    "_temp_dir": str(state_dir("ray")),
+                    "_temp_dir": str(ray_temp_dir()),
                     "include_dashboard": False,
                     "logging_level": logging.ERROR,
                 },

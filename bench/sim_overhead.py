@@ -3,8 +3,10 @@
 Measures, side by side in one run, for a federation folder (default: the 4-site
 heart federation):
 
-- ``engine``: wall time per round of ``fedmed``'s embedded simulation, with engine
-  start-up removed by differencing an (R+1)-round and a 1-round run;
+- ``engine``: wall time per round of ``fedmed``'s embedded simulation — the mean gap
+  between successive aggregations in one (R+1)-round run's ``metrics.json``, so engine
+  start-up is excluded (differencing two runs' totals was swamped by start-up jitter
+  on a shared machine);
 - ``local``: the summed compute of the same work without Flower (each site trains
   one round and evaluates, sequentially, in this process).
 
@@ -16,6 +18,7 @@ Run: ``.venv/bin/python bench/sim_overhead.py [--rounds 10] [--federation exampl
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from dataclasses import replace
@@ -24,6 +27,7 @@ from pathlib import Path
 from fedmed.clients.node import HospitalSite
 from fedmed.config import FederationConfig, load_federation
 from fedmed.generalization import study_site_homes
+from fedmed.outputs import seconds_per_round
 from fedmed.simulation import run_simulation
 from fedmed.tasks import get_task
 from fedmed.training import TrainSettings, get_weights
@@ -31,15 +35,15 @@ from fedmed.training import TrainSettings, get_weights
 DEFAULT_FEDERATION = Path(__file__).resolve().parents[1] / "examples" / "heart"
 
 
-def engine_seconds(config: FederationConfig, rounds: int, out: Path) -> float:
-    """Wall time of one embedded run, on fresh uncapped site homes (no DP: like ``local``)."""
-    homes = out / f"homes-r{rounds}"
-    config = replace(config, num_server_rounds=rounds, run_dir=str(out / f"r{rounds}"))
+def engine_seconds_per_round(config: FederationConfig, rounds: int, out: Path) -> float:
+    """Seconds per round of one embedded run on fresh uncapped site homes (no DP, like
+    ``local``), between the first and the last aggregation."""
+    homes = out / "homes"
+    config = replace(config, num_server_rounds=rounds + 1, run_dir=str(out / "run"))
     config = replace(config, dp=False, sites_home=str(homes))
     study_site_homes(config, homes)
-    start = time.perf_counter()
-    run_simulation(config)
-    return time.perf_counter() - start
+    run_dir = run_simulation(config)
+    return seconds_per_round(json.loads((run_dir / "metrics.json").read_text()))
 
 
 def local_seconds(config: FederationConfig, rounds: int) -> float:
@@ -68,12 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     config = FederationConfig.from_run_config(load_federation(args.federation))
     with tempfile.TemporaryDirectory() as tmp:
-        one = engine_seconds(config, 1, Path(tmp))
-        many = engine_seconds(config, args.rounds + 1, Path(tmp))
-    per_round_engine = (many - one) / args.rounds
+        per_round_engine = engine_seconds_per_round(config, args.rounds, Path(tmp))
     per_round_local = local_seconds(config, args.rounds) / args.rounds
-    print(f"engine start-up + 1 round: {one:.1f} s")
-    print(f"engine per round (start-up removed): {per_round_engine:.3f} s")
+    print(f"engine per round (start-up excluded): {per_round_engine:.3f} s")
     print(f"federation: {config.federation} ({config.task}), {args.rounds} rounds")
     print(f"local compute per round (all sites, sequential): {per_round_local:.3f} s")
     print(f"ratio engine/local: {per_round_engine / per_round_local:.2f}x (goal <= 1.3x)")

@@ -4,7 +4,8 @@ Layout: ``metrics.json`` (rewritten after every round, so an interrupted run
 loses nothing already measured), ``checkpoints/round-NNN.npz`` (global weights
 after each round), ``model.pt`` (final global model, a state dict),
 ``plots/*.png``. Keys other tools read (DESIGN.md §3): ``final.per_site.<site>.<metric>``,
-``final.mean.<metric>``, ``privacy.<site>.epsilon|delta``, ``rounds[]``. With
+``final.mean.<metric>``, ``privacy.<site>.epsilon|delta``, ``rounds[]`` (each with the
+wall-clock ``aggregated_at``). With
 client-level DP, ``client_privacy.epsilon|delta`` sits beside ``privacy``; a run the
 coordinator stopped early has ``stopped.round|reason``.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,14 @@ from typing import Any
 import numpy as np
 
 CHECKPOINTS_KEPT = 3
+
+
+def seconds_per_round(document: Mapping[str, Any]) -> float:
+    """Mean wall time between successive aggregations of a run (start-up excluded)."""
+    stamps = [r["aggregated_at"] for r in document.get("rounds", []) if "aggregated_at" in r]
+    if len(stamps) < 2:
+        raise ValueError("fewer than two aggregated rounds recorded")
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
 def mean_over_sites(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -119,7 +129,9 @@ class RunDirectory:
         return entry
 
     def record_fit(self, server_round: int, per_site: Mapping[str, Mapping[str, Any]]) -> None:
-        self._round(server_round)["fit"] = dict(per_site)
+        entry = self._round(server_round)
+        entry["fit"] = dict(per_site)
+        entry["aggregated_at"] = round(time.time(), 3)  # for seconds_per_round
         self.flush()
 
     def record_event(self, server_round: int, event: Mapping[str, Any]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmed.config import FederationConfig
-from fedmed.state import prepare_flower_environment, state_dir
+from fedmed.state import prepare_flower_environment, ray_temp_dir
 from fedmed.tasks import get_task
 
 
@@ -36,7 +36,7 @@ def run_simulation(config: FederationConfig) -> Path:
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {
             "num_cpus": cpus,
-            "_temp_dir": str(state_dir("ray")),
+            "_temp_dir": str(ray_temp_dir()),
             "include_dashboard": False,
             "logging_level": logging.ERROR,
             "log_to_driver": True,

@@ -7,10 +7,15 @@ surprise. ``FEDMED_STATE`` overrides the default ``./.fedmed``.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 STATE_ENV = "FEDMED_STATE"
+# Ray puts Unix sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store
+# (~63 characters after <temp>) and Linux caps a socket path at 107 bytes.
+RAY_TEMP_MAX_CHARS = 40
 
 
 def state_root() -> Path:
@@ -36,3 +41,24 @@ def prepare_flower_environment() -> None:
     os.environ.setdefault("FLWR_HOME", str(state_dir("flwr")))
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def ray_temp_dir() -> Path:
+    """Ray's temporary folder: ``<state>/ray``, reached through a short link when needed.
+
+    A state folder deep in the file system (``/home/…/projects/…/.fedmed``) would push
+    Ray's socket paths past Linux's 107-byte limit and the simulation would not start.
+    Ray then gets ``<tmp>/fedmed-ray-<hash>``, a symbolic link to ``<state>/ray``: the
+    files stay in the state folder, only the link is outside it.
+    """
+    target = state_dir("ray")
+    if len(str(target)) <= RAY_TEMP_MAX_CHARS:
+        return target
+    digest = hashlib.sha256(str(target).encode()).hexdigest()[:12]
+    link = Path(tempfile.gettempdir()) / f"fedmed-ray-{digest}"
+    if not (link.is_symlink() and link.resolve() == target.resolve()):
+        staging = link.with_name(f"{link.name}.{os.getpid()}")
+        staging.unlink(missing_ok=True)
+        staging.symlink_to(target, target_is_directory=True)
+        os.replace(staging, link)  # atomic: concurrent runs never see a half-made link
+    return link
