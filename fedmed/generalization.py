@@ -13,7 +13,7 @@ import json
 import math
 import shutil
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -76,8 +76,13 @@ def study(
     strategies: Iterable[str],
     out: Path,
     with_leave_one_out: bool = True,
+    on_seed_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole study; raw per-seed scores, keyed by regime."""
+    """Run the whole study; raw per-seed scores, keyed by regime.
+
+    ``on_seed_done`` receives the scores so far after every seed, so a study of an hour
+    that is interrupted keeps every finished seed.
+    """
     pack = get_task(config.task)
     data_dir = Path(config.data_dir) if config.data_dir else None
     sites = config.site_list(pack.site_names(data_dir))
@@ -98,6 +103,8 @@ def study(
             raw["leave_one_out"][str(seed)] = leave_one_out(
                 seeded, pack, sites, data_dir, epochs, out
             )
+        if on_seed_done is not None:
+            on_seed_done(raw)
     return raw
 
 

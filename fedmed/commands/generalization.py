@@ -29,12 +29,14 @@ def cmd_generalization(args: argparse.Namespace) -> int:
     out = args.out.resolve() if args.out else state_dir("studies") / config.federation
     out.mkdir(parents=True, exist_ok=True)
     seeds = range(config.seed, config.seed + args.seeds)
-    raw = study(config, seeds, args.strategies.split(","), out, args.leave_one_out)
     privacy = f"federations with DP-SGD at ε = {config.epsilon:g}" if config.dp else "no DP"
     task = "" if config.task == config.federation else f", task {config.task}"
-    raw["title"] = f"{config.federation} ({privacy}{task})"
-    raw["metrics"] = list(pack.metrics)
-    write_json_atomic(out / STUDY_FILE, raw)
+    header = {"title": f"{config.federation} ({privacy}{task})", "metrics": list(pack.metrics)}
+
+    def save(raw: dict) -> None:  # after every seed: an interrupted study keeps what it has
+        write_json_atomic(out / STUDY_FILE, {**raw, **header})
+
+    save(study(config, seeds, args.strategies.split(","), out, args.leave_one_out, save))
     markdown = render_study(out)
     print(markdown)
     console.print(f"written: {out / 'generalization.md'} and its figures")
