@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,10 @@ def run_simulation(config: FederationConfig) -> Path:
             "log_to_driver": True,
         },
     }
-    with _quiet_flower(), _restored_pythonpath():
+    aborted = threading.Event()
+    with _quiet_flower(), _restored_pythonpath(), _abort_on_failure(aborted):
         flower_run_simulation(
-            server_app=make_server_app(overrides),
+            server_app=make_server_app(overrides, aborted),
             client_app=make_client_app(overrides),
             num_supernodes=len(sites),
             backend_config=backend_config,
@@ -52,6 +54,16 @@ def run_simulation(config: FederationConfig) -> Path:
     if not (run_dir / "metrics.json").is_file():
         raise RuntimeError(f"the simulation ended without writing {run_dir / 'metrics.json'}")
     return run_dir
+
+
+@contextlib.contextmanager
+def _abort_on_failure(aborted: threading.Event) -> Iterator[None]:
+    """If the engine fails, tell the coordinator thread to stop waiting for replies."""
+    try:
+        yield
+    except BaseException:
+        aborted.set()
+        raise
 
 
 @contextlib.contextmanager

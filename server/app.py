@@ -24,6 +24,7 @@ that already holds checkpoints of the same run is resumed from the last one
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ from fedmed.outputs import RunDirectory
 from fedmed.plots import plot_run
 from fedmed.privacy.job import DPJob
 from fedmed.server import progress
+from fedmed.server.abortable_grid import AbortableGrid
 from fedmed.server.recording import RecordingStrategy
 from fedmed.server.resume import ResumePoint, RoundOffset, find_resume_point
 from fedmed.server.secagg import secagg_workflow
@@ -228,14 +230,22 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
     return run_dir.root
 
 
-def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
-    """A ServerApp whose run config is Flower's, updated with ``overrides`` (used by fedmed run)."""
+def make_server_app(
+    overrides: Mapping[str, Any] | None = None, aborted: threading.Event | None = None
+) -> ServerApp:
+    """A ServerApp whose run config is Flower's, updated with ``overrides`` (used by fedmed run).
+
+    ``aborted`` (embedded simulation only) is set by the caller when the engine's backend
+    fails, so the coordinator stops waiting for replies (``AbortableGrid``).
+    """
     extra = dict(overrides or {})
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         config = FederationConfig.from_run_config({**context.run_config, **extra})
+        if aborted is not None:
+            grid = AbortableGrid(grid, aborted)  # type: ignore[assignment]
         run_coordinator(grid, context, config)
 
     return server_app
