@@ -7,7 +7,6 @@ pydicom-data's CR and US images, nibabel's test NIfTI) and on files written here
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -70,12 +69,9 @@ def test_sites_are_deterministic_and_test_split_ignores_the_seed() -> None:
     assert not np.array_equal(seed0.train.images, seed1.train.images)
 
 
-def test_every_site_is_fast_balanced_and_labelled_from_its_masks() -> None:
-    simulate_site("academic", 2, seed=99)  # MONAI's import is not generation time
-    start = time.perf_counter()
+def test_every_site_is_balanced_and_labelled_from_its_masks() -> None:
     size = imaging_synth.N_TRAIN + imaging_synth.N_TEST
     splits = {site: simulate_site(site, size, seed=7) for site in SITES}
-    assert time.perf_counter() - start < 5.0
     for site, images in splits.items():
         assert images.images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE), site
         assert images.images.dtype == np.float32

