@@ -26,10 +26,12 @@ import contextlib
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from fedmed.audit import AuditError, AuditLog
+from fedmed.audit.keys import KEY_FILE
 from fedmed.config import FederationConfig
 from fedmed.errors import PrivacyRefusal
 from fedmed.privacy.ledger import LEDGER_FILE, Ledger
@@ -66,25 +68,48 @@ class SiteHome:
         return cls(root, site)
 
     @classmethod
-    def create(cls, root: Path, site: str, policy: Policy) -> SiteHome:
-        """A new home with ``policy``; refuses to touch a folder that already exists."""
+    def create(
+        cls,
+        root: Path,
+        site: str,
+        policy: Policy,
+        signing_key: Path | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> SiteHome:
+        """A new home with ``policy``; refuses to touch a folder that already exists.
+
+        ``signing_key``: an audit key issued elsewhere (a deployment kit) instead of a new
+        one; ``details`` go into the home's first audit entry.
+        """
         root = Path(root)
         if root.exists():
             raise PrivacyRefusal(f"{root}: already exists; a site home is never recreated")
-        cls._build(root, site, policy)
+        cls._build(root, site, policy, signing_key, details)
         return cls(root, site)
 
     @classmethod
-    def _build(cls, root: Path, site: str, policy: Policy) -> None:
+    def _build(
+        cls,
+        root: Path,
+        site: str,
+        policy: Policy,
+        signing_key: Path | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = root.parent / f".{root.name}.creating-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
         try:
+            if signing_key is not None:
+                (staging / KEYS_DIR).mkdir(mode=0o700)
+                shutil.copyfile(signing_key, staging / KEYS_DIR / KEY_FILE)
+                (staging / KEYS_DIR / KEY_FILE).chmod(0o600)
             (staging / POLICY_FILE).write_text(policy.to_toml(), encoding="utf-8")
             Ledger.create(staging / LEDGER_FILE, site)
             log = AuditLog.open(staging / AUDIT_FILE, staging / KEYS_DIR, f"site:{site}")
-            log.append("site-home-created", {"site": site, "policy": policy.to_json()})
+            created = {"site": site, "policy": policy.to_json(), **(details or {})}
+            log.append("site-home-created", created)
             os.rename(staging, root)
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)

@@ -18,15 +18,13 @@ key (Flower error 2004) or a TLS failure ends the command with one line.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmed.audit import AuditLog
 from fedmed.audit.keys import KEY_FILE
+from fedmed.clients.site_home import SiteHome
 from fedmed.deploy.errors import (
     CoordinatorUnreachable,
     NodeNotRegistered,
@@ -40,8 +38,7 @@ from fedmed.deploy.probe import probe_coordinator
 from fedmed.deploy.processes import ChildProcess, flower_command, port_free, service_env
 from fedmed.deploy.tomlw import toml_value
 from fedmed.errors import DataError
-from fedmed.privacy.ledger import LEDGER_FILE, Ledger
-from fedmed.privacy.policy import POLICY_FILE, load_policy
+from fedmed.privacy.policy import load_policy
 
 CONNECTED = r"SuperNode ID: (\d+)"
 OUTCOMES = {
@@ -52,7 +49,6 @@ OUTCOMES = {
     r"Exit Code: \d+": "exit",
 }
 DEFAULT_RUNTIME_PORT = 9094
-SITE_AUDIT_FILE = "audit.jsonl"
 
 
 @dataclass(frozen=True)
@@ -83,26 +79,13 @@ def seed_site_home(kit: SiteKit, home: Path) -> bool:
     home = Path(home)
     if home.exists():
         return False
-    home.parent.mkdir(parents=True, exist_ok=True)
-    staging = home.parent / f".{home.name}.from-kit-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(mode=0o700)
-    try:
-        keys = staging / "keys"
-        keys.mkdir(mode=0o700)
-        shutil.copyfile(kit.audit_keys / KEY_FILE, keys / KEY_FILE)
-        (keys / KEY_FILE).chmod(0o600)
-        shutil.copyfile(kit.policy, staging / POLICY_FILE)
-        policy = load_policy(staging / POLICY_FILE)
-        Ledger.create(staging / LEDGER_FILE, kit.site)
-        log = AuditLog.open(staging / SITE_AUDIT_FILE, keys, f"site:{kit.site}")
-        log.append(
-            "site-home-created",
-            {"site": kit.site, "policy": policy.to_json(), "federation": kit.federation},
-        )
-        os.rename(staging, home)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    SiteHome.create(
+        home,
+        kit.site,
+        load_policy(kit.policy),
+        signing_key=kit.audit_keys / KEY_FILE,
+        details={"federation": kit.federation},
+    )
     return True
 
 
