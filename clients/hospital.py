@@ -20,6 +20,7 @@ from fedmed.clients.private_round import RoundJob, refusal, run_private_round
 from fedmed.clients.site_home import default_site_home
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError
+from fedmed.personalisation import LocalNorms
 from fedmed.privacy.job import DPJob
 from fedmed.tasks import get_task
 from fedmed.training import TrainSettings
@@ -73,6 +74,7 @@ def round_job(fit_config: Mapping[str, Scalar]) -> RoundJob:
         round=int(fit_config.get("server-round", 0)),
         settings=train_settings(fit_config),
         dp=DPJob.from_fit_config(fit_config),
+        local_norm=bool(fit_config.get("local-norm", False)),
     )
 
 
@@ -98,7 +100,9 @@ class HospitalClient(NumPyClient):
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
-        scores = self.site.evaluate(parameters)
+        run = str(config.get("run-id", ""))
+        weights = LocalNorms.of(self.home, run).apply(parameters) if run else parameters
+        scores = self.site.evaluate(weights)
         metrics: dict[str, Scalar] = {"site": self.site.name, **scores}
         primary = scores[self.site.pack.primary_metric]
         return 1.0 - primary, len(self.site.data.test), metrics  # type: ignore[arg-type]

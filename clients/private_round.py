@@ -33,6 +33,7 @@ from fedmed.audit.provenance import code_version, config_hash
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.errors import ConfigError, PrivacyRefusal
+from fedmed.personalisation import LocalNorms, norm_positions
 from fedmed.privacy.guard import Decision, ReleaseRequest, check_release
 from fedmed.privacy.job import DPJob, plan_release
 from fedmed.privacy.ledger import Ledger, LedgerEntry
@@ -53,6 +54,7 @@ class RoundJob:
     round: int
     settings: TrainSettings
     dp: DPJob
+    local_norm: bool = False  # keep normalisation layers local (fedmed.personalisation)
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,9 @@ def _checked_round(
         return refusal(site, weights, approval, _spent(home))
     policy, request, decision = approval.policy, approval.request, approval.decision
     trainer = _trainer(site, request, job.dp)
-    new_weights, result = site.train(weights, job.settings, wrap=trainer.wrap if trainer else None)
+    local_norms = LocalNorms.of(home.root, job.run) if job.local_norm else None
+    start = local_norms.apply(weights) if local_norms else weights
+    new_weights, result = site.train(start, job.settings, wrap=trainer.wrap if trainer else None)
     if trainer is not None:
         trainer.verify()
     if result.steps != request.steps:
@@ -143,6 +147,8 @@ def _checked_round(
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     approval.ledger.append(entry)  # durable before the update can leave
+    if local_norms is not None:
+        local_norms.save(new_weights, norm_positions(site.pack.build_model()))
     audit.append(
         "round-participation",
         {"run": job.run, "round": job.round, "task": task, "decision": "joined"},

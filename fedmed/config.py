@@ -36,6 +36,8 @@ class FederationConfig:
     lr: float = 0.0
     momentum: float = 0.0
     proximal_mu: float = 0.01
+    # Keep normalisation layers at each site (FedBN-style; fedmed.personalisation).
+    local_norm: bool = False
     server_lr: float = 0.1
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0

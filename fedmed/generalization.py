@@ -5,6 +5,13 @@ federation per strategy, each scored on every site's test split; then
 leave-one-site-out: the federation, the pooled model and the local models are
 trained without one site and scored on that site's test split. Means and
 standard deviations over seeds go into a JSON document and a Markdown table.
+
+Two personalised regimes (``fedmed.personalisation``) score each site with *its own*
+model, so their row holds one site-specific model per column: ``local-norm`` (a
+FedAvg federation whose sites keep their normalisation layers) and ``fine-tuned``
+(the FedAvg model trained a few more epochs at each site). Leave-one-site-out adds
+``fine-tuned``: the federation's model adapted on the held-out site's training split —
+a hospital adopting a model it never contributed to and tuning it on its own data.
 """
 
 from __future__ import annotations
@@ -24,12 +31,16 @@ from fedmed.baselines import run_baselines
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig
 from fedmed.device import pick_device
+from fedmed.errors import ConfigError
+from fedmed.personalisation import fine_tune, norm_positions
 from fedmed.privacy.policy import DEFAULT_EPSILON, Policy
 from fedmed.simulation import run_simulation
 from fedmed.tasks import SiteData, TaskPack, get_task
-from fedmed.training import TrainSettings
+from fedmed.training import TrainSettings, get_weights
 
 Scores = dict[str, dict[str, float]]
+LOCAL_NORM = "local-norm"  # a pseudo-strategy: FedAvg with normalisation layers kept local
+FINE_TUNED = "fine-tuned"
 
 
 def local_settings(config: FederationConfig, pack: TaskPack, seed: int) -> TrainSettings:
@@ -53,8 +64,14 @@ def study_site_homes(config: FederationConfig, homes: Path) -> None:
 
 
 def federated_scores(config: FederationConfig, run_dir: Path) -> tuple[Scores, Path]:
-    """Run one federation; its final per-site scores and its run directory."""
+    """Run one federation; its final per-site scores and its run directory.
+
+    The scores are the sites' own evaluations of the last round (with their own
+    normalisation layers under ``local-norm``).
+    """
     shutil.rmtree(run_dir, ignore_errors=True)
+    if config.strategy == LOCAL_NORM:
+        config = replace(config, strategy="fedavg", local_norm=True)
     config = replace(config, run_dir=str(run_dir), sites_home=str(run_dir / "sites"))
     study_site_homes(config, run_dir / "sites")
     run_simulation(config)
@@ -62,12 +79,26 @@ def federated_scores(config: FederationConfig, run_dir: Path) -> tuple[Scores, P
     return metrics["final"]["per_site"], run_dir
 
 
-def held_out_score(pack: TaskPack, run_dir: Path, held_out: SiteData) -> dict[str, float]:
-    """The federation's final model scored on a site it never saw."""
+def final_model(pack: TaskPack, run_dir: Path) -> torch.nn.Module:
+    """The federation's final (global) model, as the coordinator saved it."""
     model = pack.build_model()
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu"))
+    return model
+
+
+def site_test_score(pack: TaskPack, model: torch.nn.Module, site: SiteData) -> dict[str, float]:
     device = pick_device()
-    return pack.evaluate(model.to(device), held_out.test, device)
+    return pack.evaluate(model.to(device), site.test, device)
+
+
+def fine_tuned_score(
+    pack: TaskPack, run_dir: Path, site: SiteData, epochs: int, settings: TrainSettings
+) -> dict[str, float]:
+    """The federation's model fine-tuned on ``site``'s training split, on its test split."""
+    weights = get_weights(final_model(pack, run_dir))
+    return site_test_score(
+        pack, fine_tune(pack, weights, site, epochs, settings, pick_device()), site
+    )
 
 
 def study(
@@ -77,31 +108,42 @@ def study(
     out: Path,
     with_leave_one_out: bool = True,
     on_seed_done: Callable[[dict[str, Any]], None] | None = None,
+    fine_tune_epochs: int = 0,
 ) -> dict[str, Any]:
     """Run the whole study; raw per-seed scores, keyed by regime.
 
-    ``on_seed_done`` receives the scores so far after every seed, so a study of an hour
-    that is interrupted keeps every finished seed.
+    ``strategies`` may include ``local-norm``; ``fine_tune_epochs`` > 0 adds the
+    ``fine-tuned`` regime (it needs ``fedavg`` among the strategies). ``on_seed_done``
+    receives the scores so far after every seed, so a study of an hour that is
+    interrupted keeps every finished seed.
     """
     pack = get_task(config.task)
     data_dir = Path(config.data_dir) if config.data_dir else None
     sites = config.site_list(pack.site_names(data_dir))
+    strategies = list(strategies)
+    check_regimes(pack, strategies, fine_tune_epochs)
     epochs = config.num_server_rounds * (config.local_epochs or pack.default_local_epochs)
     raw: dict[str, Any] = {"all_sites": {}, "leave_one_out": {}}
     for seed in seeds:
         seeded = replace(config, seed=seed)
-        baseline = run_baselines(pack, sites, data_dir, epochs, local_settings(config, pack, seed))
+        settings = local_settings(config, pack, seed)
+        baseline = run_baselines(pack, sites, data_dir, epochs, settings)
         runs: dict[str, Scores] = {f"local {s}": baseline.scores[s] for s in sites}
         runs["pooled"] = baseline.scores["pooled"]
         for strategy in strategies:
-            scores, _ = federated_scores(
+            scores, run_dir = federated_scores(
                 replace(seeded, strategy=strategy), out / "runs" / f"{strategy}-seed{seed}"
             )
             runs[strategy] = scores
+            if strategy == "fedavg" and fine_tune_epochs:
+                runs[FINE_TUNED] = {
+                    site: fine_tuned_score(pack, run_dir, data, fine_tune_epochs, settings)
+                    for site, data in load_sites(pack, sites, data_dir, seed).items()
+                }
         raw["all_sites"][str(seed)] = runs
         if with_leave_one_out:
             raw["leave_one_out"][str(seed)] = leave_one_out(
-                seeded, pack, sites, data_dir, epochs, out
+                seeded, pack, sites, data_dir, epochs, out, fine_tune_epochs
             )
         if on_seed_done is not None:
             on_seed_done(raw)
@@ -115,27 +157,54 @@ def leave_one_out(
     data_dir: Path | None,
     epochs: int,
     out: Path,
+    fine_tune_epochs: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """For each held-out site: FedAvg, pooled and local-only models trained without it."""
     result: dict[str, dict[str, dict[str, float]]] = {}
+    settings = local_settings(config, pack, config.seed)
     for held in sites:
         others = [s for s in sites if s != held]
-        baseline = run_baselines(
-            pack, others, data_dir, epochs, local_settings(config, pack, config.seed), [held]
-        )
+        baseline = run_baselines(pack, others, data_dir, epochs, settings, [held])
         local_scores = [baseline.scores[s][held] for s in others]
         _, run_dir = federated_scores(
             replace(config, strategy="fedavg", sites=",".join(others)),
             out / "runs" / f"loso-{held}-seed{config.seed}",
         )
+        held_out = pack.load_site(held, data_dir, config.seed)
         result[held] = {
-            "fedavg": held_out_score(pack, run_dir, pack.load_site(held, data_dir, config.seed)),
+            "fedavg": site_test_score(pack, final_model(pack, run_dir), held_out),
             "pooled": baseline.scores["pooled"][held],
-            "local-mean": {
-                m: _mean_std([s[m] for s in local_scores])[0] for m in local_scores[0]
-            },
+            "local-mean": {m: _mean_std([s[m] for s in local_scores])[0] for m in local_scores[0]},
         }
+        if fine_tune_epochs:
+            result[held][FINE_TUNED] = fine_tuned_score(
+                pack, run_dir, held_out, fine_tune_epochs, settings
+            )
     return result
+
+
+def load_sites(
+    pack: TaskPack, sites: list[str], data_dir: Path | None, seed: int
+) -> dict[str, SiteData]:
+    return {site: pack.load_site(site, data_dir, seed) for site in sites}
+
+
+def default_strategies(pack: TaskPack) -> list[str]:
+    """FedAvg, FedProx, FedAdam, and ``local-norm`` where the model has normalisation layers."""
+    keeps_norms = bool(norm_positions(pack.build_model()))
+    return ["fedavg", "fedprox", "fedadam", *([LOCAL_NORM] if keeps_norms else [])]
+
+
+def check_regimes(pack: TaskPack, strategies: list[str], fine_tune_epochs: int) -> None:
+    """ConfigError before hours of training if a requested regime cannot run for ``pack``."""
+    if LOCAL_NORM in strategies and not norm_positions(pack.build_model()):
+        raise ConfigError(
+            f"{LOCAL_NORM}: the {pack.name} model has no normalisation layer with parameters "
+            "to keep at the sites; leave it out of --strategies"
+        )
+    if fine_tune_epochs and "fedavg" not in strategies:
+        raise ConfigError("the fine-tuned regime adapts the FedAvg model: add fedavg to "
+                          "--strategies or set --fine-tune-epochs 0")  # fmt: skip
 
 
 def _mean_std(values: list[float | None]) -> tuple[float, float]:

@@ -42,6 +42,7 @@ from fedmed.audit.provenance import code_version, config_hash
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError
 from fedmed.outputs import RunDirectory
+from fedmed.personalisation import norm_positions
 from fedmed.plots import plot_run
 from fedmed.privacy.job import DPJob
 from fedmed.server import progress
@@ -85,10 +86,20 @@ def fit_config_fn(config: FederationConfig, pack: TaskPack, run_id: str = ""):  
             "batch-size": config.batch_size or pack.default_batch_size,
             "lr": config.lr or pack.default_lr,
             "momentum": config.momentum,
+            "local-norm": config.local_norm,
             "seed": config.seed * 100_003 + server_round,
         }
 
     return fit_config
+
+
+def evaluate_config_fn(run_id: str):  # noqa: ANN201
+    """What a node needs to evaluate a round: the run (its kept normalisation layers)."""
+
+    def evaluate_config(server_round: int) -> dict[str, Scalar]:
+        return {"run-id": run_id, "server-round": server_round}
+
+    return evaluate_config
 
 
 def default_run_dir(config: FederationConfig) -> Path:
@@ -140,6 +151,11 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
     sites = config.site_list(pack.site_names())
     torch.manual_seed(config.seed)
     model = pack.build_model()
+    if config.local_norm and not norm_positions(model):
+        raise ConfigError(
+            f"local-norm: the {config.task} model has no normalisation layer with parameters "
+            "to keep at the sites; set local-norm = false"
+        )
     root = Path(config.run_dir) if config.run_dir else default_run_dir(config)
     run_dir, resumed = open_run(root, config, sites, pack)
     run_id = str(run_dir.document["run-id"])
@@ -176,6 +192,7 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
             num_sites=len(sites),
             initial_parameters=ndarrays_to_parameters(get_weights(model)),
             on_fit_config_fn=fit_config_fn(config, pack, run_id),
+            on_evaluate_config_fn=evaluate_config_fn(run_id),
         ),
         run_dir,
         num_rounds=config.num_server_rounds,

@@ -83,9 +83,12 @@ def build_strategy(
     num_sites: int,
     initial_parameters: Parameters,
     on_fit_config_fn: FitConfigFn,
+    on_evaluate_config_fn: FitConfigFn | None = None,
 ) -> Strategy:
     """The strategy of ``config`` for ``num_sites`` nodes, wrapped for client-level DP if asked."""
-    inner = _aggregation_strategy(config, num_sites, initial_parameters, on_fit_config_fn)
+    inner = _aggregation_strategy(
+        config, num_sites, initial_parameters, on_fit_config_fn, on_evaluate_config_fn
+    )
     if not config.client_dp:
         return inner
     return ClientLevelDP(
@@ -98,6 +101,7 @@ def _aggregation_strategy(
     num_sites: int,
     initial_parameters: Parameters,
     on_fit_config_fn: FitConfigFn,
+    on_evaluate_config_fn: FitConfigFn | None,
 ) -> Strategy:
     """The Flower strategy named by ``config.strategy``, sized for ``num_sites`` nodes."""
     min_nodes = min(config.min_nodes, num_sites)
@@ -108,6 +112,7 @@ def _aggregation_strategy(
         min_evaluate_clients=min_nodes,
         min_available_clients=min_nodes,
         on_fit_config_fn=on_fit_config_fn,
+        on_evaluate_config_fn=on_evaluate_config_fn,
         accept_failures=True,
         initial_parameters=initial_parameters,
     )

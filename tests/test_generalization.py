@@ -86,7 +86,7 @@ def test_study_command_runs_real_federations_without_touching_real_homes(
     assert main(args) == 0
     raw = json.loads((out / "generalization.json").read_text())
     regimes = raw["all_sites"]["0"]
-    assert set(regimes) == {"local cleveland", "local hungary", "pooled", "fedavg"}
+    assert set(regimes) == {"local cleveland", "local hungary", "pooled", "fedavg", "fine-tuned"}
     assert 0.5 < regimes["fedavg"]["cleveland"]["accuracy"] <= 1.0
     assert "heart (no DP)" in (out / "generalization.md").read_text()
     assert (out / "generalization-accuracy.png").stat().st_size > 10_000

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from fedmed.commands.run import add_privacy_options, add_run_options, federation_config
 from fedmed.errors import DataError
-from fedmed.generalization import study, summarise, to_markdown
+from fedmed.generalization import default_strategies, study, summarise, to_markdown
 from fedmed.outputs import write_json_atomic
 from fedmed.plots import plot_generalization
 from fedmed.state import state_dir
@@ -36,7 +36,8 @@ def cmd_generalization(args: argparse.Namespace) -> int:
     def save(raw: dict) -> None:  # after every seed: an interrupted study keeps what it has
         write_json_atomic(out / STUDY_FILE, {**raw, **header})
 
-    save(study(config, seeds, args.strategies.split(","), out, args.leave_one_out, save))
+    strategies = args.strategies.split(",") if args.strategies else default_strategies(pack)
+    save(study(config, seeds, strategies, out, args.leave_one_out, save, args.fine_tune_epochs))
     markdown = render_study(out)
     print(markdown)
     console.print(f"written: {out / 'generalization.md'} and its figures")
@@ -80,7 +81,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("federation", type=Path, help="federation folder, e.g. examples/heart")
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
     parser.add_argument(
-        "--strategies", default="fedavg,fedprox,fedadam", help="comma-separated strategies"
+        "--strategies",
+        help="comma-separated strategies; 'local-norm' is FedAvg with each site keeping its "
+        "normalisation layers (default: fedavg,fedprox,fedadam, plus local-norm where the "
+        "model has normalisation layers)",
+    )
+    parser.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=5,
+        help="epochs each site fine-tunes the FedAvg model on its own training split for the "
+        "'fine-tuned' regime (default 5; 0: leave the regime out)",
     )
     parser.add_argument(
         "--leave-one-out",
