@@ -15,6 +15,7 @@ import numpy as np
 from flwr.client import Client, NumPyClient
 from flwr.common import Context
 
+from fedmed.clients.explanations import explain_final_round
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.private_round import RoundJob, refusal, run_private_round
 from fedmed.clients.site_home import default_site_home
@@ -104,6 +105,8 @@ class HospitalClient(NumPyClient):
         weights = LocalNorms.of(self.home, run).apply(parameters) if run else parameters
         scores = self.site.evaluate(weights)
         metrics: dict[str, Scalar] = {"site": self.site.name, **scores}
+        # Last round only: explanations stay in the site home; the reply says where and how many.
+        metrics.update(explain_final_round(self.site, self.home, weights, config))
         primary = scores[self.site.pack.primary_metric]
         return 1.0 - primary, len(self.site.data.test), metrics  # type: ignore[arg-type]
 

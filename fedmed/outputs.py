@@ -7,7 +7,10 @@ after each round), ``model.pt`` (final global model, a state dict),
 ``final.mean.<metric>``, ``privacy.<site>.epsilon|delta``, ``rounds[]`` (each with the
 wall-clock ``aggregated_at``). With
 client-level DP, ``client_privacy.epsilon|delta`` sits beside ``privacy``; a run the
-coordinator stopped early has ``stopped.round|reason``.
+coordinator stopped early has ``stopped.round|reason``. ``explanations.<site>`` says where
+each site holds its explanations of the final model (``round``, ``count``, ``folder``,
+``error``; the files stay at the site, :mod:`fedmed.explanations`), and ``report.md`` is the
+run's report for people (:mod:`fedmed.server.run_report`).
 """
 
 from __future__ import annotations
@@ -157,6 +160,15 @@ class RunDirectory:
     def record_client_privacy(self, summary: Mapping[str, Any]) -> None:
         """Client-level DP at the coordinator (``client_privacy``: epsilon, delta, ...)."""
         self.document["client_privacy"] = dict(summary)
+        self.flush()
+
+    def record_explanations(self, site: str, summary: Mapping[str, Any]) -> None:
+        """Where ``site`` holds its explanations of the final model (``explanations.<site>``).
+
+        Only what the site reported (count, folder, error): the files themselves never
+        reach the coordinator.
+        """
+        self.document.setdefault("explanations", {})[site] = dict(summary)
         self.flush()
 
     def record_stop(self, server_round: int, reason: str) -> None:

@@ -8,7 +8,9 @@ switches, not a second server. The strategy is wrapped by
 per-round checkpoints to the run directory and signs each round into the
 coordinator's audit log (``<run dir>/audit/coordinator.jsonl``, key in the
 coordinator home: ``coordinator-home`` or ``<state>/coordinator``); the final
-model is saved as ``model.pt``.
+model is saved as ``model.pt`` and the run's report for people as ``report.md``
+(:mod:`fedmed.server.run_report`: scores, plots, and where each site holds its
+explanations of the final model — those files never leave the sites).
 
 Every round's fit config carries the run id and the job's DP request
 (:class:`fedmed.privacy.job.DPJob`); each site decides under its own policy.
@@ -49,6 +51,7 @@ from fedmed.server import progress
 from fedmed.server.abortable_grid import AbortableGrid
 from fedmed.server.recording import RecordingStrategy
 from fedmed.server.resume import ResumePoint, RoundOffset, find_resume_point
+from fedmed.server.run_report import REPORT_FILE, write_markdown_report
 from fedmed.server.secagg import secagg_workflow
 from fedmed.server.strategies import build_strategy
 from fedmed.state import state_dir
@@ -221,6 +224,7 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
             set_weights(model, recorder.latest_weights)
             torch.save(model.state_dict(), run_dir.root / "model.pt")
         plot_run(run_dir.document, run_dir.root / "plots")
+        report = write_report(run_dir, status, pack)
         audit.append(
             "run-end",
             {
@@ -242,9 +246,26 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
                 "final": run_dir.document["final"],
                 "privacy": run_dir.document["privacy"],
                 "client_privacy": run_dir.document.get("client_privacy", {}),
+                "explanations": run_dir.document.get("explanations", {}),
+                "report": str(report.resolve()) if report else "",
             }
         )
     return run_dir.root
+
+
+def write_report(run_dir: RunDirectory, status: str, pack: TaskPack) -> Path | None:
+    """The run's ``report.md``; a failure to write it is shown, never raised.
+
+    Called while the run may be ending on an exception: raising here would hide that
+    exception, and the run's results (metrics.json, model, plots) are already saved.
+    """
+    try:
+        return write_markdown_report(
+            run_dir.root, run_dir.document, status, pack.explanation_kind
+        )
+    except Exception as exc:
+        progress.note(f"the run report ({run_dir.root / REPORT_FILE}) was not written: {exc!r}")
+        return None
 
 
 def make_server_app(

@@ -15,7 +15,13 @@ audit trail, and they would average a refusal like any other reply.
   the aggregate is screened instead and a bad one keeps the previous global model;
 - stops the run (:class:`FederationStopped`) when refusals or rejections leave fewer
   than ``min_nodes`` sites, rather than publish a model of too few sites;
-- asks the sites to evaluate every ``evaluate_every`` rounds and after the last;
+- asks the sites to evaluate every ``evaluate_every`` rounds and after the last, adding
+  ``run-id``, ``server-round``, ``num-rounds`` and ``final-round`` to the evaluate config. On
+  the last round each site also writes its explanations of the model into its own site home
+  (``fedmed.clients.explanations``) and replies with where they are (``explain-count``,
+  ``explain-folder``, ``explain-error``): those keys are kept out of the score tables and
+  recorded as ``explanations.<site>``; an explainer's error becomes an
+  ``explanation-failure`` event and a console note, never a silent gap;
 - writes each site's fit and evaluation metrics and privacy summary
   (``privacy.<site>`` in metrics.json), the global weights (checkpoint) and a signed
   ``round`` entry with the model's SHA-256 and the audit-log heads the sites reported.
@@ -42,6 +48,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from fedmed import explanations
 from fedmed.audit import AuditLog
 from fedmed.errors import FedmedError
 from fedmed.outputs import RunDirectory
@@ -281,21 +288,57 @@ class RecordingStrategy(Strategy):
         )
         if not due:
             return []
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+        run_facts: dict[str, Scalar] = {
+            "run-id": str(self.run_dir.document.get("run-id", "")),
+            "server-round": server_round,
+            "num-rounds": self.num_rounds,
+            explanations.FINAL_ROUND: server_round == self.num_rounds,
+        }
+        return [
+            (proxy, EvaluateIns(ins.parameters, {**ins.config, **run_facts}))
+            for proxy, ins in self.inner.configure_evaluate(
+                server_round, parameters, client_manager
+            )
+        ]
 
     def aggregate_evaluate(
         self, server_round: int, results: EvaluateResults, failures: Failures
     ) -> tuple[float | None, dict[str, Scalar]]:
         per_site = {}
         for proxy, res in results:
-            scores = {k: float(v) for k, v in res.metrics.items() if k != "site"}
-            per_site[_site_of(proxy, res.metrics)] = scores
+            site = _site_of(proxy, res.metrics)
+            skipped = {"site", *explanations.REPLY_KEYS}
+            per_site[site] = {k: float(v) for k, v in res.metrics.items() if k not in skipped}
+            if server_round == self.num_rounds:
+                self._record_explanations(server_round, site, res.metrics)
         for reason in _describe_failures(failures):
             self.run_dir.record_event(server_round, {"kind": "evaluate-failure", "detail": reason})
         if per_site:
             mean = self.run_dir.record_evaluation(server_round, per_site)
             progress.round_line(server_round, self.num_rounds, self.primary_metric, per_site, mean)
         return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def _record_explanations(
+        self, server_round: int, site: str, metrics: Mapping[str, Scalar]
+    ) -> None:
+        """Where ``site`` holds its explanations; a failure is an event, an audit entry and a
+        console note (the report shows it too)."""
+        summary: dict[str, Any] = {"round": server_round}
+        if explanations.COUNT not in metrics:
+            summary["error"] = "the site's reply names no explanations (a node without them?)"
+        else:
+            summary["count"] = int(metrics[explanations.COUNT])
+            summary["folder"] = str(metrics.get(explanations.FOLDER, ""))
+            if explanations.ERROR in metrics:
+                summary["error"] = str(metrics[explanations.ERROR])
+        self.run_dir.record_explanations(site, summary)
+        if "error" not in summary:
+            return
+        failure = {"site": site, "reason": summary["error"]}
+        self.run_dir.record_event(server_round, {"kind": "explanation-failure", **failure})
+        if self.audit is not None:
+            self.audit.append("explanation-failure", {"round": server_round, **failure})
+        progress.note(f"{site}: explanations of the final model failed: {summary['error']}")
 
     def evaluate(
         self, server_round: int, parameters: Parameters

@@ -2,9 +2,10 @@
 
 A task pack is everything fedmed knows about one learning task: how to load one
 site's data (train/val/test), which model to build, the loss, and how to score a
-model. Packs never know about Flower or Opacus: the node (``fedmed.clients``)
-builds optimisers and data loaders, wraps them for DP-SGD, and calls the pack.
-That is what lets every pack run with DP and in every federation unchanged.
+model, and optionally how to explain it. Packs never know about Flower or Opacus:
+the node (``fedmed.clients``) builds optimisers and data loaders, wraps them for
+DP-SGD, and calls the pack. That is what lets every pack run with DP and in every
+federation unchanged.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class TaskPack(ABC):
     - ``default_sites``: the sites of the pack's built-in multi-site data.
     - ``default_lr``, ``default_batch_size``, ``default_local_epochs``: training defaults a
       federation config may override.
+
+    A pack that can explain its model also sets ``explanation_kind`` (what its files are,
+    for the run report) and overrides :meth:`explain`.
     """
 
     name: ClassVar[str]
@@ -53,6 +57,8 @@ class TaskPack(ABC):
     default_lr: ClassVar[float] = 0.05
     default_batch_size: ClassVar[int] = 32
     default_local_epochs: ClassVar[int] = 1
+    explanation_kind: ClassVar[str] = ""  # e.g. "Grad-CAM overlays (PNG)"; "" = no explainer
+    explain_examples: ClassVar[int] = 4  # test examples a site explains at the end of a run
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         """Sites available for this pack (the built-in ones unless a pack reads ``data_dir``)."""
@@ -75,6 +81,16 @@ class TaskPack(ABC):
         self, model: nn.Module, dataset: Dataset, device: torch.device
     ) -> dict[str, float]:
         """Score ``model`` on ``dataset``; keys are exactly ``self.metrics``."""
+
+    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
+        """Write explanations of ``model`` on a few test examples of the site into ``out_dir``.
+
+        Returns the files written (none by default: a pack without ``explanation_kind`` has
+        no explainer). The files show patient data, so the node writes them into its own
+        site home on the run's last evaluation and never sends them (fedmed.explanations);
+        an explainer may therefore draw raw test inputs. It must not change ``model``.
+        """
+        return []
 
 
 def predict(

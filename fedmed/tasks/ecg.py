@@ -122,6 +122,7 @@ class EcgTask(TaskPack):
     class_names = CLASS_NAMES
     # The last feature map (~31 steps of 0.16 s) before pooling: what fedmed.ecg_explain draws.
     gradcam_layer = last_layer_name(conv_features(BLOCKS))
+    explanation_kind = "Grad-CAM saliency over the trace (PNG)"
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
@@ -158,6 +159,13 @@ class EcgTask(TaskPack):
             "accuracy": float((predicted == labels).mean()),
             "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
         }
+
+    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
+        """1-D Grad-CAM over the first test windows (:func:`fedmed.ecg_explain.save_saliency`);
+        subclasses with another model (``ecg-lstm``) only name their ``gradcam_layer``."""
+        from fedmed.ecg_explain import save_saliency  # matplotlib/MONAI: only when explaining
+
+        return save_saliency(self, model, site_data, out_dir, n=self.explain_examples)
 
 
 def site_folders(folder: Path, marker: str) -> list[str]:

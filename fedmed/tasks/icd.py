@@ -39,6 +39,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -215,23 +216,66 @@ def attention_evidence(model: CamlNet, text: str, top_k: int = 3) -> list[CodeEv
     return evidence
 
 
+def evidence_records(model: CamlNet, dataset: NotesDataset, n: int = 5,
+                     top_k: int = 3) -> list[dict[str, Any]]:
+    """The evidence of the first ``n`` notes of ``dataset``: per note its pseudonymous id, true
+    codes and :func:`attention_evidence` — computed once, then written as JSON and Markdown."""
+    return [
+        {"note": note_id, "true_codes": [CODE_IDS[i] for i in np.flatnonzero(target.numpy())],
+         "predicted": [asdict(item) for item in attention_evidence(model, text, top_k)]}
+        for note_id, text, target in zip(dataset.note_ids[:n], dataset.texts[:n],
+                                         dataset.targets[:n], strict=True)
+    ]
+
+
 def save_evidence(model: CamlNet, dataset: NotesDataset, out_dir: str | Path, site: str,
                   n: int = 5, top_k: int = 3) -> Path:
     """Write the evidence for the first ``n`` notes of ``dataset`` to ``evidence-<site>.json``.
 
     The file holds released (de-identified) text only, under the notes' pseudonymous ids.
     """
-    records = [
-        {"note": note_id, "true_codes": [CODE_IDS[i] for i in np.flatnonzero(target.numpy())],
-         "predicted": [asdict(item) for item in attention_evidence(model, text, top_k)]}
-        for note_id, text, target in zip(dataset.note_ids[:n], dataset.texts[:n],
-                                         dataset.targets[:n], strict=True)
-    ]
+    return _write_evidence_json(evidence_records(model, dataset, n, top_k), out_dir, site)
+
+
+def _write_evidence_json(records: list[dict[str, Any]], out_dir: str | Path, site: str) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"evidence-{site}.json"
     path.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def save_evidence_markdown(records: list[dict[str, Any]], out_dir: str | Path, site: str) -> Path:
+    """``evidence-<site>.md``: the records of :func:`evidence_records` for a person to read.
+
+    Per note, each predicted code with its description and probability, then the spans it
+    attended to most, quoted, with their attention weight — what a coder would check first.
+    Spans are released text; they are shown in code spans so no note text is read as Markdown.
+    """
+    lines = [f"# ICD coding evidence: {site}", "",
+             "Attention evidence of the final model on the first test notes (released text only).",
+             ""]
+    for record in records:
+        lines += [f"## Note {record['note']}", "",
+                  f"True codes: {', '.join(record['true_codes']) or 'none'}", ""]
+        if not record["predicted"]:
+            lines += ["No code predicted (every probability < 0.5).", ""]
+        for item in record["predicted"]:
+            lines.append(f"- **{item['code']}** {item['description']} "
+                         f"(p = {item['probability']:.2f})")
+            lines += [f"  - `{_code_span(span['text'])}` (attention {span['weight']:.2f})"
+                      for span in item["spans"]]
+        lines.append("")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"evidence-{site}.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _code_span(text: str) -> str:
+    """Text safe inside a Markdown code span: one line, no backticks."""
+    return " ".join(text.split()).replace("`", "'")
 
 
 def _window(text: str, tokens: list[tuple[str, int, int]], position: int,
@@ -282,6 +326,7 @@ class IcdTask(TaskPack):
     default_batch_size = 16
     default_local_epochs = 2
     codes = CODE_IDS
+    explanation_kind = "attention evidence per predicted code (JSON and Markdown)"
 
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
         home = Path(data_dir) if data_dir is not None else default_site_home(site)
@@ -315,3 +360,12 @@ class IcdTask(TaskPack):
     ) -> dict[str, float]:
         logits, targets = predict(model, dataset, device)
         return coding_scores(logits, targets)
+
+    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
+        """Attention evidence of the first test notes, as JSON (for tools) and Markdown (for
+        people); both hold released text only."""
+        if not isinstance(model, CamlNet) or not isinstance(site_data.test, NotesDataset):
+            raise ConfigError("icd explanations need a CamlNet and the pack's NotesDataset")
+        records = evidence_records(model, site_data.test, n=self.explain_examples)
+        return [_write_evidence_json(records, out_dir, site_data.site),
+                save_evidence_markdown(records, out_dir, site_data.site)]

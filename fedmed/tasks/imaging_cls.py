@@ -150,6 +150,7 @@ class ImagingClassificationTask(ImagingPack):
     default_local_epochs = 1
     site_marker = LABELS_FILE
     gradcam_layer = "class_layers.relu"  # last feature map (4 × 4 grid) of build_classifier
+    explanation_kind = "Grad-CAM overlays (PNG)"
 
     def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
         return images.images, images.labels
@@ -169,3 +170,9 @@ class ImagingClassificationTask(ImagingPack):
         self, model: nn.Module, dataset: Dataset, device: torch.device
     ) -> dict[str, float]:
         return binary_scores(*predict(model, dataset, device))
+
+    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
+        """Grad-CAM overlays of the first test images (``fedmed.imaging_explain.save_gradcam``)."""
+        from fedmed.imaging_explain import save_gradcam  # matplotlib/MONAI: only when explaining
+
+        return save_gradcam(self, model, site_data, out_dir, n=self.explain_examples)

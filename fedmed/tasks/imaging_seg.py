@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from fedmed.data.imaging_readers import IMAGES_DIR, read_segmentation_folder
 from fedmed.data.imaging_synth import IMAGE_SIZE, SiteImages
 from fedmed.tasks import register_task
-from fedmed.tasks.base import predict
+from fedmed.tasks.base import SiteData, predict
 from fedmed.tasks.imaging_cls import ImagingPack
 
 CHANNELS = (8, 16, 32)
@@ -103,6 +103,7 @@ class ImagingSegmentationTask(ImagingPack):
     default_batch_size = 16
     default_local_epochs = 1
     site_marker = IMAGES_DIR
+    explanation_kind = "predicted vs true mask overlays (PNG)"
 
     def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
         return images.images, images.masks
@@ -120,3 +121,10 @@ class ImagingSegmentationTask(ImagingPack):
         self, model: nn.Module, dataset: Dataset, device: torch.device
     ) -> dict[str, float]:
         return segmentation_scores(*predict(model, dataset, device))
+
+    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
+        """Predicted vs true masks over the first test images (a U-Net's output is its own map:
+        where it draws the mask is what it found; no saliency method needed)."""
+        from fedmed.imaging_explain import save_mask_overlays  # matplotlib: only when explaining
+
+        return save_mask_overlays(model, site_data, out_dir, n=self.explain_examples)
