@@ -8,7 +8,8 @@ Contract with the coordinator (``fedmed.server.app``):
   ``site-home`` or, in simulation, ``fedmed.clients.site_home.default_site_home``.
 - ``fit`` receives the global weights and a config with ``run-id``,
   ``server-round``, ``local-epochs``, ``batch-size``, ``lr``, ``momentum``,
-  ``seed``, the job's DP request (``fedmed.privacy.job.DPJob`` keys: ``dp``,
+  ``seed``, ``local-norm`` (keep normalisation layers at the site:
+  ``fedmed.personalisation``), the job's DP request (``fedmed.privacy.job.DPJob`` keys: ``dp``,
   ``dp-epsilon``, ``dp-delta``, ``dp-noise-multiplier``, ``dp-clip-norm``,
   ``dp-accountant``, ``dp-grad-sample-mode``, ``num-rounds``) and, from Flower's
   FedProx, ``proximal_mu`` (the node MUST then add the proximal term). Before
@@ -28,8 +29,12 @@ Contract with the coordinator (``fedmed.server.app``):
   ``secaggplus_configs`` record and go through Flower's ``secaggplus_mod``
   (``fedmed.clients.secagg``); the node then uploads only its masked, clipped,
   quantized update. The same app serves both kinds of run.
-- ``evaluate`` scores the received weights on the site's own test split and
-  returns ``site`` plus every metric of the task pack. Test data never leave.
+- ``evaluate`` receives ``run-id``, ``server-round``, ``num-rounds`` and ``final-round``;
+  it scores the received weights (with the site's own normalisation layers under
+  ``local-norm``) on the site's own test split and returns ``site`` plus every metric
+  of the task pack. On the final round the node also writes the pack's explanations
+  of that model into its site home and returns only their count, folder and any
+  error (keys in ``fedmed.clients.explanations``). Test data never leave.
 """
 from __future__ import annotations
 

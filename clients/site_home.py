@@ -7,6 +7,8 @@ Layout::
     audit.jsonl                 the site's signed audit log, with .pub and .head beside
     keys/audit-ed25519.pem      the site's signing key (0600; never leaves the site)
     .lock                       serialises check → train → record across processes
+    personal/                   normalisation layers kept at the site (local-norm runs)
+    runs/<run>/explanations/    Grad-CAM, saliency, evidence of a run's final model
 
 A home that does not exist yet is created whole (in a temporary folder, then
 renamed) with the default policy — ε budget 10 at δ = 1e-5, σ ≥ 0.5, only the task

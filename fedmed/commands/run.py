@@ -26,6 +26,7 @@ from fedmed.commands.deploy import add_coordinator_options
 from fedmed.config import STRATEGIES, FederationConfig, load_federation
 from fedmed.errors import ConfigError
 from fedmed.server.progress import results_table
+from fedmed.server.run_report import REPORT_FILE
 from fedmed.state import state_root
 from fedmed.tasks import get_task
 
@@ -133,6 +134,7 @@ def run_federation_folder(folder: Path, args: argparse.Namespace) -> int:
     console.print(results_table(title, final["per_site"], final["mean"]))
     console.print(privacy_table(metrics))
     console.print(f"run directory: [bold]{run_dir}[/bold]")
+    console.print(f"run report (scores, plots, explanations): [bold]{run_dir / REPORT_FILE}[/bold]")
     console.print(f"privacy compliance report: [bold]{report}[/bold]")
     return 0
 
@@ -148,6 +150,7 @@ def write_run_report(run_dir: Path, sites_home: Path) -> Path:
 
 def privacy_table(metrics: dict[str, Any]) -> Table:
     """Each site's total ε (all runs so far) after this run, with δ and budget."""
+
     def fmt(value: Any) -> str:
         return "unbounded" if value is None or math.isinf(float(value)) else f"{value:.3f}"
 
