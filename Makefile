@@ -29,6 +29,7 @@ clean:
 	rm -rf .fedmed runs
 
 # The slow deployment scenarios (poisoned update, node killed mid-round, coordinator
-# restart) with real Flower processes on loopback: ~10 min on 2 cores.
+# restart) with real Flower processes on loopback, plus the acceptance run `test`
+# already holds: 13–16 min on 2 busy cores. CI (.ci/run) runs it after `test`.
 test-deploy: $(STAMP)
 	FEDMED_DEPLOY_SLOW=1 $(BIN)/python -m pytest tests/test_deploy_loopback.py

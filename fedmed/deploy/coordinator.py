@@ -179,6 +179,10 @@ class Coordinator:
         last = " | ".join(line for line in self.process.tail(4) if line.strip())
         return f"the SuperLink {what} ({why}); log {self.layout.log}: {last}"
 
+    def running(self) -> bool:
+        """Whether the SuperLink we started is still alive (it may have crashed or been killed)."""
+        return self.process is not None and self.process.running()
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()

@@ -92,6 +92,23 @@ class LoopbackFederation:
         if node is not None:
             node.stop()
 
+    def revive(self) -> None:
+        """Restart whatever is not running: the coordinator, then every dead node.
+
+        Scenarios share one federation (starting it costs a minute on two cores); one
+        that crashed a process on purpose — or failed half-way through doing so —
+        leaves the next a whole federation instead of a cascade of failures.
+        """
+        if self.coordinator is None or not self.coordinator.running():
+            if self.coordinator is not None:
+                self.coordinator.stop()  # its helpers, by PID
+            self.start_coordinator()
+        dead = [s for s in self.sites if s not in self.nodes or not self.nodes[s].running()]
+        for site in dead:
+            self.stop_node(site)
+        if dead:
+            self.start_nodes(dead)
+
     def __enter__(self) -> LoopbackFederation:
         try:
             self.provision()

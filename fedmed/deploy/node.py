@@ -202,6 +202,10 @@ class Node:
         last = " | ".join(x for x in self.process.tail(6) if x.strip())
         raise ProcessFailed(f"the SuperNode stopped: {last} (log {self.layout.log})")
 
+    def running(self) -> bool:
+        """Whether the SuperNode we started is still alive (it may have crashed or been killed)."""
+        return self.process is not None and self.process.running()
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()

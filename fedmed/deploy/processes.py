@@ -119,6 +119,37 @@ class ChildProcess:
         timeout passed first. ``since`` skips lines counted before (see :attr:`seen`).
         """
         compiled = [(re.compile(p), outcome) for p, outcome in patterns.items()]
+        found: list[tuple[str, str]] = []
+
+        def match(line: str) -> bool:
+            found.extend((outcome, line) for regex, outcome in compiled if regex.search(line))
+            return bool(found)
+
+        self._scan(match, timeout, since)
+        return found[0] if found else (None, "")
+
+    def wait_for_count(self, pattern: str, count: int, timeout: float, since: int = 0) -> int:
+        """Wait until ``count`` output lines after ``since`` matched ``pattern``.
+
+        For events a process logs once per occurrence (a node's "Sent successfully" per
+        reply): tests wait for the n-th one instead of sleeping for a guessed time.
+        Returns how many matched — fewer than ``count`` if the process exited or the
+        timeout passed first.
+        """
+        regex = re.compile(pattern)
+        matched = 0
+
+        def match(line: str) -> bool:
+            nonlocal matched
+            matched += bool(regex.search(line))
+            return matched >= count
+
+        self._scan(match, timeout, since)
+        return matched
+
+    def _scan(self, done: Callable[[str], bool], timeout: float, since: int) -> None:
+        """Feed each output line after the ``since``-th to ``done``, in order, until it
+        returns True, the process has exited and its output is read, or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         checked = since
         with self._changed:
@@ -126,14 +157,13 @@ class ChildProcess:
                 lines = list(self._lines)
                 new = self._seen - checked
                 for line in lines[max(0, len(lines) - new) :] if new > 0 else []:
-                    for regex, outcome in compiled:
-                        if regex.search(line):
-                            return outcome, line
+                    if done(line):
+                        return
                 checked = self._seen
                 reader_done = self._reader is None or not self._reader.is_alive()
                 remaining = deadline - time.monotonic()
                 if (reader_done and not self.running()) or remaining <= 0:
-                    return None, ""
+                    return
                 self._changed.wait(timeout=min(remaining, 0.5))
 
     @property
