@@ -48,7 +48,7 @@ from fedmed.personalisation import norm_positions
 from fedmed.plots import plot_run
 from fedmed.privacy.job import DPJob
 from fedmed.server import progress
-from fedmed.server.abortable_grid import AbortableGrid
+from fedmed.server.polling_grid import PollingGrid
 from fedmed.server.recording import RecordingStrategy
 from fedmed.server.resume import ResumePoint, RoundOffset, find_resume_point
 from fedmed.server.run_report import REPORT_FILE, write_markdown_report
@@ -274,7 +274,8 @@ def make_server_app(
     """A ServerApp whose run config is Flower's, updated with ``overrides`` (used by fedmed run).
 
     ``aborted`` (embedded simulation only) is set by the caller when the engine's backend
-    fails, so the coordinator stops waiting for replies (``AbortableGrid``).
+    fails, so the coordinator stops waiting for replies (``PollingGrid``, which also
+    notices deployed replies sooner than Flower's 3 s pulls).
     """
     extra = dict(overrides or {})
     server_app = ServerApp()
@@ -282,8 +283,7 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         config = FederationConfig.from_run_config({**context.run_config, **extra})
-        if aborted is not None:
-            grid = AbortableGrid(grid, aborted)  # type: ignore[assignment]
+        grid = PollingGrid(grid, aborted)  # type: ignore[assignment]
         run_coordinator(grid, context, config)
 
     return server_app

@@ -31,64 +31,20 @@ Settings (``[tool.flwr.app.config]``):
 - ``secagg-timeout``: seconds to wait for each stage's replies (0: until Flower declares
   unresponsive nodes unavailable, which is how dropouts end a stage in deployment).
 
-Deployed, the four stages exchange messages through :class:`PromptGrid`: Flower's
-deployed grid looks for replies only every 3 s, a wait SecAgg+ would pay four times
-per round where plain FedAvg pays it once (see docs/operator-guide.md, Performance).
+Deployed, the four stages exchange messages through the coordinator's
+:class:`~fedmed.server.polling_grid.PollingGrid`: Flower's deployed grid looks for replies
+only every 3 s, a wait SecAgg+ would pay four times per round where plain FedAvg pays it
+once (see docs/operator-guide.md, Performance).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
-from typing import Any
-
-from flwr.common import Context, Message
+from flwr.common import Context
 from flwr.server import Grid
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
-from flwr.superlink.grid import HttpGrid
 
 from fedmed.config import FederationConfig
-
-FIRST_POLL_SECONDS = 0.05
-POLL_BACKOFF = 1.5
-MAX_POLL_SECONDS = 0.5
-
-
-class PromptGrid:
-    """A deployed grid whose ``send_and_receive`` notices replies soon after they arrive.
-
-    Flower 1.42's ``HttpGrid`` (a deployed ServerApp's grid) pushes the messages, then
-    pulls the replies with 3 s sleeps in between, so every exchange ends up to 3 s after
-    its last reply. SecAgg+ makes four exchanges per round, three of them with replies
-    that take a node well under a second to compute. This pulls after 50 ms, then backs
-    off (×1.5) to one pull every 0.5 s: each pull is a request to the SuperLink on the
-    coordinator's own machine, cheap next to a round. Everything else is the grid's own.
-    """
-
-    def __init__(self, grid: Grid) -> None:
-        self._grid = grid
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        """Flower's contract: push, then collect replies until all came or ``timeout``."""
-        pending = set(self._grid.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        pause = FIRST_POLL_SECONDS
-        while pending:
-            received = list(self._grid.pull_messages(pending))
-            replies.extend(received)
-            pending -= {reply.metadata.reply_to_message_id for reply in received}
-            if not pending or (deadline is not None and time.monotonic() >= deadline):
-                break
-            time.sleep(pause)
-            pause = min(pause * POLL_BACKOFF, MAX_POLL_SECONDS)
-        return replies
 
 
 class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
@@ -102,14 +58,6 @@ class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
     during share-keys. After share-keys, only the nodes that shared their keys remain
     sampled; dropouts later in the round are handled by Flower as before.
     """
-
-    def __call__(self, grid: Grid, context: Context) -> None:
-        """Run the four stages; deployed, through a :class:`PromptGrid`.
-
-        In simulation the grid (Flower's in-memory one, or fedmed's ``AbortableGrid``
-        that gives up when the engine died) already polls every 0.1 s and is kept as is.
-        """
-        super().__call__(PromptGrid(grid) if isinstance(grid, HttpGrid) else grid, context)
 
     def share_keys_stage(self, grid: Grid, context: Context, state: WorkflowState) -> bool:
         super().share_keys_stage(grid, context, state)  # type: ignore[arg-type]

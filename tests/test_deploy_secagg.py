@@ -17,7 +17,8 @@ from fedmed.cli import main
 from fedmed.clients.secagg import secagg_when_requested
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError
-from fedmed.server.secagg import PromptGrid, secagg_workflow
+from fedmed.server.polling_grid import PollingGrid
+from fedmed.server.secagg import secagg_workflow
 
 SITES = "cleveland,hungary,switzerland"
 
@@ -112,9 +113,9 @@ def _messages(count: int) -> list[Message]:
     return [_message(f"m{n}") for n in range(count)]
 
 
-def test_the_prompt_grid_collects_every_reply_and_keeps_the_grids_other_parts() -> None:
+def test_the_polling_grid_collects_every_reply_and_keeps_the_grids_other_parts() -> None:
     inner = SlowGrid(ready_after=4)
-    grid = PromptGrid(inner)  # type: ignore[arg-type]
+    grid = PollingGrid(inner)  # type: ignore[arg-type]
     messages = _messages(3)
     replies = list(grid.send_and_receive(messages))
     ids = {m.metadata.message_id for m in messages}
@@ -123,9 +124,9 @@ def test_the_prompt_grid_collects_every_reply_and_keeps_the_grids_other_parts() 
     assert grid.run == "the wrapped grid's run"
 
 
-def test_the_prompt_grid_gives_up_at_the_timeout() -> None:
+def test_the_polling_grid_gives_up_at_the_timeout() -> None:
     inner = SlowGrid(ready_after=10**9)
-    assert list(PromptGrid(inner).send_and_receive(_messages(2), timeout=0.2)) == []  # type: ignore[arg-type]
+    assert list(PollingGrid(inner).send_and_receive(_messages(2), timeout=0.2)) == []  # type: ignore[arg-type]
 
 
 def test_secaggs_key_and_unmask_messages_do_not_load_the_training_stack() -> None:
