@@ -15,7 +15,7 @@ Modules are flat on purpose (the packaging lists only ``fedmed.deid``); each has
 - :mod:`.tagger` the tagger interface and loader; :mod:`.bilstm_crf`,
   :mod:`.transformer_tagger` the two taggers; :mod:`.train` their training
 - :mod:`.config` a site's de-id settings; :mod:`.recognizers`, :mod:`.presidio_engine`
-  the detection pipeline
+  the detection pipeline; :mod:`.workers` its worker processes for large batches
 - :mod:`.sitekey`, :mod:`.surrogates` site secret and surrogate generation
 - :mod:`.dicom` DICOM header de-identification
 - :mod:`.residual`, :mod:`.gate` the admission gate

@@ -11,6 +11,7 @@ Example::
     engine = "combined"            # combined | tagger | presidio
     pattern_threshold = 0.4        # Presidio/rule results below this score are dropped
     mode = "surrogate"             # surrogate | redact
+    workers = 0                    # detection processes for big batches (0 = per core, <= 4)
     [[deid.site_patterns]]
     name = "lab accession"
     type = "IDNUM"
@@ -67,6 +68,7 @@ class DeidConfig:
     mode: str = "surrogate"
     max_bytes: int = DEFAULT_MAX_BYTES
     date_shift_max_days: int = 1095
+    workers: int = 0  # detection processes for large batches; 0 = one per usable core, <= 4
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -79,6 +81,8 @@ class DeidConfig:
             raise ConfigError("deid.tagger_threshold must be within (0, 1]")
         if self.max_bytes <= 0 or self.date_shift_max_days <= 0:
             raise ConfigError("deid.max_bytes and deid.date_shift_max_days must be positive")
+        if self.workers < 0:
+            raise ConfigError("deid.workers must be 0 (one per usable core) or a positive count")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeidConfig:

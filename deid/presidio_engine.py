@@ -1,9 +1,9 @@
 """PHI detection: Presidio's AnalyzerEngine, offline, with our tagger and rules.
 
 Offline (DESIGN.md §5): a plain ``AnalyzerEngine()`` downloads ``en_core_web_lg``. Here
-the NLP engine is a ``SpacyNlpEngine`` subclass on ``spacy.blank("en")`` with a small
-component that sets ``lemma_ = lower_`` (Presidio's context enhancer compares lemmas;
-without lemmas context words never boost a score), ``SpacyRecognizer`` is never added,
+the NLP engine is a ``SpacyNlpEngine`` subclass on ``spacy.blank("en")`` whose lemmas are
+the lower-cased tokens (Presidio's context enhancer compares lemmas; without lemmas
+context words never boost a score), ``SpacyRecognizer`` is never added,
 and ``TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS`` is emptied before Presidio is imported (the
 e-mail/URL recognizers would otherwise fetch the public-suffix list).
 
@@ -29,6 +29,7 @@ import bisect  # noqa: E402
 import copy  # noqa: E402
 import importlib.metadata  # noqa: E402
 import re  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from functools import lru_cache  # noqa: E402
 from typing import Any  # noqa: E402
@@ -40,8 +41,15 @@ from presidio_analyzer import (  # noqa: E402
     RecognizerRegistry,
     RecognizerResult,
 )
-from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer  # noqa: E402
-from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine  # noqa: E402
+from presidio_analyzer.context_aware_enhancers import (  # noqa: E402
+    ContextAwareEnhancer,
+    LemmaContextAwareEnhancer,
+)
+from presidio_analyzer.nlp_engine import (  # noqa: E402
+    NerModelConfiguration,
+    NlpArtifacts,
+    SpacyNlpEngine,
+)
 from presidio_analyzer.predefined_recognizers import (  # noqa: E402
     CreditCardRecognizer,
     DateRecognizer,
@@ -58,7 +66,6 @@ from presidio_analyzer.predefined_recognizers import (  # noqa: E402
     UsSsnRecognizer,
 )
 from spacy.attrs import IDX, LENGTH  # noqa: E402
-from spacy.language import Language  # noqa: E402
 
 from fedmed.deid.config import DeidConfig  # noqa: E402
 from fedmed.deid.phi import Span, merge_overlapping  # noqa: E402
@@ -68,18 +75,54 @@ from fedmed.deid.recognizers import (  # noqa: E402
     TaggerRecognizer,
     fedmed_rule_recognizers,
 )
-from fedmed.deid.tagger import Tagger, load_tagger  # noqa: E402
+from fedmed.deid.tagger import DECODER_VERSION, Tagger, load_tagger  # noqa: E402
+from fedmed.deid.workers import WorkerError, WorkerPool  # noqa: E402
 
 _TRAILING = ".,;:!?)]}'\""
 PRESIDIO_VERSION = importlib.metadata.version("presidio-analyzer")
 
 
-@Language.component("fedmed_lemma_lower")
-def _lemma_lower(doc: Any) -> Any:
-    """Blank spaCy pipelines have no lemmatizer: use the lower-cased form as lemma."""
-    for token in doc:
-        token.lemma_ = token.lower_
-    return doc
+KEYWORD_CACHE = 200_000
+"""Distinct lemmas whose keyword test is remembered (numbers and names never repeat)."""
+
+
+class KeywordList(list[str]):
+    """Presidio's per-note keyword list with a hashed ``in``.
+
+    The context enhancer asks ``lemma in keywords`` for every word it walks back over; on
+    a list of a 2,000-character note's ~500 keywords that is a linear scan each time.
+    Same contents, same order, same answers.
+    """
+
+    def __init__(self, items: list[str]) -> None:
+        super().__init__(items)
+        self._members = frozenset(items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._members
+
+
+class LowerLemmaNlpArtifacts(NlpArtifacts):
+    """Presidio's ``NlpArtifacts``; its keyword filter is remembered per distinct lemma.
+
+    Presidio decides for every token of every note whether its lemma is a keyword (a
+    spaCy vocabulary look-up for stop word and punctuation each time). The answer depends
+    on the string alone, so it is computed once per string (:attr:`BlankSpacyNlpEngine.
+    keyword_parts`).
+    """
+
+    @staticmethod
+    def set_keywords(nlp_engine: Any, lemmas: list[str], language: str) -> list[str]:
+        parts = nlp_engine.keyword_parts
+        out: list[str] = []
+        for lemma in lemmas:
+            kw = parts.get(lemma)
+            if kw is None:
+                kw = tuple(NlpArtifacts.set_keywords(nlp_engine, [lemma], language))
+                if len(parts) < KEYWORD_CACHE:
+                    parts[lemma] = kw
+            out.extend(kw)
+        return KeywordList(out)
 
 
 class BisectContextEnhancer(LemmaContextAwareEnhancer):
@@ -89,7 +132,12 @@ class BisectContextEnhancer(LemmaContextAwareEnhancer):
       step): on 2,000-character notes that was 40% of the detection time; here the match's
       token is found by bisection;
     - results of recognizers without context words (the tagger: ~30 per note) are never
-      enhanced, so they skip the enhancer's deep copy of all results.
+      enhanced, so they are passed through untouched;
+    - Presidio deep-copies every result before raising scores (a tenth of the detection
+      time, ~1,400 ``deepcopy`` calls per note). The results come fresh from this
+      ``analyze`` call and nothing else holds them, so they are raised in place, with
+      Presidio's own word extraction, matching and score rule
+      (``tests/test_deid_presidio.py`` compares with Presidio's enhancer).
     """
 
     def __init__(self) -> None:
@@ -100,13 +148,30 @@ class BisectContextEnhancer(LemmaContextAwareEnhancer):
     def enhance_using_context(self, text: str, raw_results: list[RecognizerResult],
                               nlp_artifacts: Any, recognizers: list[EntityRecognizer],
                               context: list[str] | None = None) -> list[RecognizerResult]:
-        with_context = {r.id for r in recognizers if r.context}
+        by_id = {r.id: r for r in recognizers if r.context}
         key = RecognizerResult.RECOGNIZER_IDENTIFIER_KEY
-        todo = [r for r in raw_results if (r.recognition_metadata or {}).get(key) in with_context]
-        rest = [r for r in raw_results if (r.recognition_metadata or {}).get(key)
-                not in with_context]
-        return super().enhance_using_context(text, todo, nlp_artifacts, recognizers,
-                                             context) + rest
+        todo = [r for r in raw_results if (r.recognition_metadata or {}).get(key) in by_id]
+        rest = [r for r in raw_results if (r.recognition_metadata or {}).get(key) not in by_id]
+        if nlp_artifacts is None:
+            return todo + rest
+        extra = [word.lower() for word in context or []]
+        for result in todo:
+            if result.recognition_metadata.get(RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY):
+                continue
+            words = self._extract_surrounding_words(
+                nlp_artifacts=nlp_artifacts, word=text[result.start:result.end],
+                start=result.start)
+            words.extend(extra)
+            recognizer = by_id[result.recognition_metadata[key]]
+            support = self._find_supportive_word_in_context(words, recognizer.context,
+                                                            self.context_matching_mode)
+            if support:
+                result.score = min(max(result.score + self.context_similarity_factor,
+                                       self.min_score_with_context_similarity),
+                                   ContextAwareEnhancer.MAX_SCORE)
+                result.analysis_explanation.set_supportive_context_word(support)
+                result.analysis_explanation.set_improved_score(result.score)
+        return todo + rest
 
     def _find_index_of_match_token(self, word: str, start: int, tokens: Any,
                                    tokens_indices: list[int]) -> int:
@@ -120,8 +185,40 @@ class BisectContextEnhancer(LemmaContextAwareEnhancer):
         return i
 
 
+class RegroupingAnalyzerEngine(AnalyzerEngine):
+    """Presidio's ``AnalyzerEngine`` with a cheaper first step of context enhancement.
+
+    Presidio first gives each recognizer its own results (to its
+    ``enhance_using_context``), scanning all results twice per recognizer. None of the
+    recognizers here overrides that hook, so the step only regroups the results by
+    recognizer: done here with one stable sort, same order, same results.
+    """
+
+    def _enhance_using_context(self, text: str, raw_results: list[RecognizerResult],
+                               nlp_artifacts: NlpArtifacts,
+                               recognizers: list[EntityRecognizer],
+                               context: list[str] | None = None) -> list[RecognizerResult]:
+        if any(type(r).enhance_using_context is not EntityRecognizer.enhance_using_context
+               for r in recognizers):
+            return super()._enhance_using_context(text, raw_results, nlp_artifacts,
+                                                  recognizers, context)
+        order = {r.id: i for i, r in enumerate(recognizers)}
+        key = RecognizerResult.RECOGNIZER_IDENTIFIER_KEY
+        grouped = sorted((r for r in raw_results if r.recognition_metadata[key] in order),
+                         key=lambda r: order[r.recognition_metadata[key]])
+        return self.context_aware_enhancer.enhance_using_context(
+            text=text, raw_results=grouped, nlp_artifacts=nlp_artifacts,
+            recognizers=recognizers, context=context)
+
+
 class BlankSpacyNlpEngine(SpacyNlpEngine):
-    """Presidio's spaCy engine on ``spacy.blank("en")``: tokens and lemmas, no NER, offline."""
+    """Presidio's spaCy engine on ``spacy.blank("en")``: tokens and lemmas, no NER, offline.
+
+    A blank pipeline has no lemmatizer; the lemma of a token is its lower-cased text
+    (spaCy's ``lower_``). Only the tokenizer runs: the lemmas are taken from the token
+    offsets in one array call instead of a pipeline component that visits every token
+    as a Python ``Token`` (which cost as much as tokenising).
+    """
 
     def __init__(self) -> None:
         super().__init__(
@@ -129,11 +226,27 @@ class BlankSpacyNlpEngine(SpacyNlpEngine):
             ner_model_configuration=NerModelConfiguration(
                 model_to_presidio_entity_mapping={}, labels_to_ignore=[]),
         )
+        self.keyword_parts: dict[str, tuple[str, ...]] = {}
 
     def load(self) -> None:
-        nlp = spacy.blank("en")
-        nlp.add_pipe("fedmed_lemma_lower")
-        self.nlp = {"en": nlp}
+        self.nlp = {"en": spacy.blank("en")}
+
+    def process_text(self, text: str, language: str) -> NlpArtifacts:
+        doc = self.nlp[language].make_doc(text)
+        offsets = doc.to_array([IDX, LENGTH]).tolist() if len(doc) else []
+        return LowerLemmaNlpArtifacts(
+            entities=[], tokens=doc, tokens_indices=[i for i, _ in offsets],
+            lemmas=[text[i:i + n].lower() for i, n in offsets], nlp_engine=self,
+            language=language)
+
+
+class NoNlpArtifacts(NlpArtifacts):
+    """Artifacts with no tokens, for a registry whose recognizers use no context words:
+    then nothing reads the tokens and the spaCy pass is skipped (the tagger engine)."""
+
+    def __init__(self) -> None:
+        super().__init__(entities=[], tokens=None, tokens_indices=[], lemmas=[],
+                         nlp_engine=None, language="en")
 
 
 def presidio_pattern_recognizers() -> list[EntityRecognizer]:
@@ -151,10 +264,37 @@ def _default_tagger(spec: str | None) -> Tagger:
     return load_tagger(spec)
 
 
+AUTO_MAX_WORKERS = 4
+"""``workers = 0`` uses one detection process per usable core, but no more than this
+(each holds its own tagger and Presidio, ~0.3 GB)."""
+POOL_START_NOTES = 256
+"""A batch this large starts the workers. Each imports torch, spaCy and Presidio and loads
+the checkpoint (4-9 s); at ~30 notes/s per process two workers save N/60 s on N notes, so the
+start-up pays from a few hundred notes, and a long-running node keeps its workers."""
+POOL_MIN_NOTES = 16
+"""Once the workers run, batches from this size on are split over them."""
+
+
+def detection_workers(config: DeidConfig) -> int:
+    """How many processes detect a large batch under ``config`` (``deid.workers``)."""
+    if config.workers:
+        return config.workers
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(usable or 1, AUTO_MAX_WORKERS))
+
+
 class Detector:
     """``detect(text) -> list[Span]``: the de-id stage's PHI detector.
 
     Build it once per process (loading the tagger and Presidio takes ~1 s) and reuse it.
+
+    Batches are split over ``deid.workers`` processes (default: one per usable core;
+    :mod:`fedmed.deid.workers` says why processes and how); the spans are the same as in
+    one process. The workers start with the first batch of :data:`POOL_START_NOTES` notes or
+    on :meth:`start_workers`, then take every batch of :data:`POOL_MIN_NOTES` or more, and
+    live until :meth:`close` or exit. A detector built around a tagger *object* (not a
+    checkpoint named in the settings) always runs in-process; so does one whose workers
+    failed (with a warning).
     """
 
     def __init__(self, config: DeidConfig | None = None, tagger: Tagger | None = None) -> None:
@@ -175,9 +315,12 @@ class Detector:
         nlp = BlankSpacyNlpEngine()
         nlp.load()
         registry = RecognizerRegistry(recognizers=recognizers, supported_languages=["en"])
-        self.analyzer = AnalyzerEngine(nlp_engine=nlp, registry=registry,
-                                       supported_languages=["en"],
-                                       context_aware_enhancer=BisectContextEnhancer())
+        self.analyzer = RegroupingAnalyzerEngine(
+            nlp_engine=nlp, registry=registry, supported_languages=["en"],
+            context_aware_enhancer=BisectContextEnhancer())
+        self._needs_nlp = any(r.context for r in recognizers)
+        self.workers = detection_workers(self.config) if tagger is None else 1
+        self._pool: WorkerPool | None = None
 
     @property
     def versions(self) -> dict[str, Any]:
@@ -186,7 +329,7 @@ class Detector:
             "engine": self.config.engine,
             "tagger": None if self.tagger is None else
             {"name": self.tagger.name, "version": self.tagger.version,
-             "threshold": self.tagger.threshold},
+             "threshold": self.tagger.threshold, "decoder": DECODER_VERSION},
             "rules": RULES_VERSION, "presidio": PRESIDIO_VERSION,
             "pattern_threshold": self.config.pattern_threshold,
             "site_patterns": [p.name for p in self.config.site_patterns],
@@ -196,15 +339,52 @@ class Detector:
         return self.detect_batch([text])[0]
 
     def detect_batch(self, texts: Sequence[str]) -> list[list[Span]]:
+        if self.workers > 1 and len(texts) >= POOL_MIN_NOTES:
+            if len(texts) >= POOL_START_NOTES:
+                self.start_workers()
+            if self._pool is not None:
+                try:
+                    return self._pool.detect(texts)
+                except WorkerError as e:
+                    self._give_up_workers(e)
         if self._tagger_rec is not None:
             self._tagger_rec.prime([t for t in texts if t.strip()])
         return [self._detect_one(t) for t in texts]
+
+    def start_workers(self) -> int:
+        """Start the worker processes now (else the first very large batch does).
+
+        Returns how many processes detect a large batch (1 = this one).
+        """
+        if self.workers > 1 and self._pool is None:
+            try:
+                self._pool = WorkerPool(self.config, self.workers)
+            except WorkerError as e:
+                self._give_up_workers(e)
+        return self._pool.size if self._pool is not None else 1
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (none before :meth:`start_workers`)."""
+        return self._pool.pids if self._pool is not None else []
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _give_up_workers(self, error: WorkerError) -> None:
+        warnings.warn(f"{error}; detecting in this process from now on", stacklevel=3)
+        self.close()
+        self.workers = 1
 
     def _detect_one(self, text: str) -> list[Span]:
         if not text.strip():
             return []
         spans = []
-        for r in self.analyzer.analyze(text, language="en"):
+        artifacts = None if self._needs_nlp else NoNlpArtifacts()
+        for r in self.analyzer.analyze(text, language="en", nlp_artifacts=artifacts):
             from_tagger = r.recognition_metadata and r.recognition_metadata.get(
                 "recognizer_name", "").startswith("tagger:")
             if not from_tagger and r.score < self.config.pattern_threshold:

@@ -43,7 +43,8 @@ PRESIDIO_TO_SUBTYPE = {
 MRN_KEYWORDS = (r"MRN|MR\s*#|MR\s+no\.?|medical\s+record(?:\s+(?:number|no\.?|#))?|"
                 r"unit\s+(?:no\.?|number|#)|record\s*(?:#|no\.?|number)|hospital\s+number|"
                 r"chart\s*(?:#|no\.?)|patient\s+ID|pt\s+ID")
-MRN_VALUE = r"[A-Z]{0,3}-?\d[\dA-Z-]{3,14}\b"
+MRN_VALUE_START = r"[A-Z]{0,3}-?\d"
+MRN_VALUE = MRN_VALUE_START + r"[\dA-Z-]{3,14}\b"
 
 
 class TaggerRecognizer(EntityRecognizer):
@@ -83,8 +84,10 @@ def mrn_recognizer() -> PatternRecognizer:
     return PatternRecognizer(
         supported_entity="MEDICALRECORD", name="MrnRecognizer",
         patterns=[
-            Pattern("mrn after keyword", rf"(?<=\b(?:{MRN_KEYWORDS})\s*[:#]?\s*){MRN_VALUE}",
-                    0.85),
+            # The lookahead repeats the value's start: without it the variable-width
+            # lookbehind is tried at every character of the note (3x slower, same matches).
+            Pattern("mrn after keyword",
+                    rf"(?={MRN_VALUE_START})(?<=\b(?:{MRN_KEYWORDS})\s*[:#]?\s*){MRN_VALUE}", 0.85),
             Pattern("bare long number", r"\b\d{7,10}\b", 0.3),
         ],
         context=["mrn", "record", "unit", "chart", "id", "number", "hospital"],

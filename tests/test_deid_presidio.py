@@ -51,3 +51,76 @@ def test_config_validation() -> None:
     cfg = DeidConfig.from_dict({"mode": "redact", "site_patterns": [
         {"name": "n", "type": "IDNUM", "regex": r"X\d+", "context": ["ref"]}]})
     assert cfg.site_patterns[0].context == ("ref",)
+
+
+def _notes(n: int, seed: int) -> list[str]:
+    from fedmed.deid.corpus import generate
+
+    return [d.text for d in generate(n, seed=seed, split="test")]
+
+
+def test_nlp_artifacts_equal_a_spacy_pipeline_with_a_lemma_component() -> None:
+    """Lemmas from token offsets and cached keyword tests give Presidio the same artifacts
+    as running ``lemma_ = lower_`` over every spaCy token (what this engine did before)."""
+    import spacy
+    from presidio_analyzer.nlp_engine import NlpArtifacts
+
+    from fedmed.deid.presidio_engine import BlankSpacyNlpEngine
+
+    engine = BlankSpacyNlpEngine()
+    engine.load()
+    reference = spacy.blank("en")
+    texts = [*_notes(8, 780), NOTE, "", "  \n", "İSTANBUL MRN:12 \n\n x", "a\u00a0b\tc\r\nd"]
+    for text in texts:
+        doc = reference(text)
+        lemmas = [t.lower_ for t in doc]
+        got = engine.process_text(text, "en")
+        assert got.lemmas == lemmas
+        assert got.tokens_indices == [t.idx for t in doc]
+        assert [t.text for t in got.tokens] == [t.text for t in doc]
+        assert list(got.keywords) == NlpArtifacts.set_keywords(engine, lemmas, "en")
+
+
+def test_context_scores_equal_presidio_enhancer() -> None:
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+    detector = Detector(DeidConfig(engine="presidio", workers=1))
+    analyzer = detector.analyzer
+    recognizers = analyzer.registry.get_recognizers(language="en", all_fields=True)
+    entities = analyzer.get_supported_entities("en")
+    boosted = 0
+    for text in [*_notes(6, 781), NOTE]:
+        artifacts = analyzer.nlp_engine.process_text(text, "en")
+        raw = []
+        for rec in recognizers:
+            for r in rec.analyze(text=text, entities=entities, nlp_artifacts=artifacts) or []:
+                r.recognition_metadata = {"recognizer_name": rec.name,
+                                          "recognizer_identifier": rec.id}
+                raw.append(r)
+        before = sum(r.score for r in raw)
+        expected = LemmaContextAwareEnhancer().enhance_using_context(
+            text, raw, artifacts, recognizers)
+        boosted += sum(r.score for r in expected) > before
+        got = analyzer.context_aware_enhancer.enhance_using_context(
+            text, raw, artifacts, recognizers)
+
+        def key(r):
+            return (r.start, r.end, r.entity_type, r.recognition_metadata["recognizer_name"])
+
+        assert sorted((key(r), r.score) for r in got) == \
+            sorted((key(r), r.score) for r in expected)
+    assert boosted > 0  # the notes do exercise context words
+
+
+def test_worker_processes_give_the_same_spans() -> None:
+    from fedmed.deid.presidio_engine import POOL_MIN_NOTES
+
+    texts = _notes(POOL_MIN_NOTES, 782)
+    alone = Detector(DeidConfig(workers=1))
+    pooled = Detector(DeidConfig(workers=2))
+    try:
+        assert pooled.start_workers() == 2 and len(pooled.worker_pids) == 2
+        assert pooled.detect_batch(texts) == alone.detect_batch(texts)
+    finally:
+        pooled.close()
+    assert pooled.worker_pids == []
