@@ -116,8 +116,10 @@ def choose_threshold(tagger: Tagger, dev: Sequence[Document]) -> tuple[float, di
     return chosen, chosen_score
 
 
-def _examples(docs: Sequence[Document], vocab: Vocab, size: int,
-              overlap: int) -> list[dict[str, Any]]:
+def windowed_examples(
+    docs: Sequence[Document], vocab: Vocab, size: int, overlap: int
+) -> list[dict[str, Any]]:
+    """Encoded overlapping windows of every note with their BIO tags (also deid-ner's data)."""
     out = []
     for doc in docs:
         toks = tokenize(doc.text)
@@ -129,7 +131,7 @@ def _examples(docs: Sequence[Document], vocab: Vocab, size: int,
     return out
 
 
-def _word_dropout(batch: dict[str, torch.Tensor], p: float) -> None:
+def word_dropout(batch: dict[str, torch.Tensor], p: float) -> None:
     """Replace words by <unk> at random so the model also learns from shape and context."""
     drop = (torch.rand_like(batch["words"], dtype=torch.float) < p) & batch["mask"]
     batch["words"] = batch["words"].masked_fill(drop, 1)
@@ -154,7 +156,7 @@ def _train_bilstm_crf(train_docs: Sequence[Document], dev_docs: Sequence[Documen
     vocab = Vocab.build(d.text for d in train_docs)
     model = BiLstmCrf(ModelConfig(n_words=len(vocab.words), n_chars=len(vocab.chars)))
     tagger = BiLstmCrfTagger(model, vocab, threshold=THRESHOLDS[0])
-    examples = _examples(train_docs, vocab, size=128, overlap=32)
+    examples = windowed_examples(train_docs, vocab, size=128, overlap=32)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best = BestEpoch()
     history = []
@@ -164,7 +166,7 @@ def _train_bilstm_crf(train_docs: Sequence[Document], dev_docs: Sequence[Documen
         total = 0.0
         for i in range(0, len(examples), batch_size):
             batch = collate(examples[i:i + batch_size])
-            _word_dropout(batch, 0.25)
+            word_dropout(batch, 0.25)
             loss = model.loss(batch)
             opt.zero_grad()
             loss.backward()

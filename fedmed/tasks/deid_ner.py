@@ -94,7 +94,8 @@ from fedmed.deid.dates import MONS, MONTHS, WEEKDAYS
 from fedmed.deid.evaluate import score
 from fedmed.deid.phi import Document
 from fedmed.deid.templates import CONDITIONS, EVENTS, EXAM, LABS, MEDS, PLANS, SNIPPETS, TEMPLATES
-from fedmed.deid.train import _examples, _word_dropout  # deid's windows+tags, word dropout
+from fedmed.deid.train import windowed_examples
+from fedmed.deid.train import word_dropout as drop_words_to_unknown
 from fedmed.errors import DataError
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays
@@ -188,7 +189,7 @@ class NoteWindows(Dataset):
     def __init__(self, documents: Sequence[Document]) -> None:
         self.documents = list(documents)
         self.inputs, self.targets = pack_windows(
-            _examples(self.documents, shared_vocab(), WINDOW, OVERLAP))
+            windowed_examples(self.documents, shared_vocab(), WINDOW, OVERLAP))
 
     @property
     def texts(self) -> list[str]:
@@ -267,7 +268,8 @@ class DPBiLstmCrf(BiLstmCrf):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         batch = unpack(inputs)
         if self.training and self.word_dropout:
-            _word_dropout(batch, self.word_dropout)  # names look like <unk> anyway: learn shape
+            # names look like <unk> at other sites anyway: learn their shape and context
+            drop_words_to_unknown(batch, self.word_dropout)
         return self.crf(self.emissions(batch))
 
     def token_vectors(self, words: torch.Tensor, chars: torch.Tensor,
