@@ -20,12 +20,13 @@ as detecting it in one process (``tests/test_deid_presidio.py`` checks it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from fedmed.deid.config import DeidConfig
@@ -57,7 +58,7 @@ class WorkerPool:
         if n < 1:
             raise ValueError("a worker pool needs at least one worker")
         self._procs: list[subprocess.Popen[bytes]] = []
-        try:
+        with self._closed_on_failure("de-id worker processes failed to start"):
             for _ in range(n):
                 self._procs.append(subprocess.Popen(
                     [sys.executable, "-m", "fedmed.deid.workers"],
@@ -67,9 +68,15 @@ class WorkerPool:
             for proc in self._procs:
                 if _receive(self._pipes(proc)[1]) != READY:
                     raise WorkerError("a de-id worker answered its start-up out of protocol")
+
+    @contextlib.contextmanager
+    def _closed_on_failure(self, what: str) -> Iterator[None]:
+        """A broken pipe or protocol error stops every worker: none is left half-way."""
+        try:
+            yield
         except (OSError, EOFError, pickle.PickleError) as e:
             self.close()
-            raise WorkerError(f"de-id worker processes failed to start ({e!r})") from e
+            raise WorkerError(f"{what} ({e!r})") from e
         except WorkerError:
             self.close()
             raise
@@ -92,18 +99,12 @@ class WorkerPool:
         share = -(-len(texts) // len(self._procs))
         chunks = [list(texts[i:i + share]) for i in range(0, len(texts), share)]
         busy = self._procs[:len(chunks)]
-        try:
+        out: list[list[Span]] = []
+        with self._closed_on_failure("a de-id worker process failed"):
             for proc, chunk in zip(busy, chunks, strict=True):
                 _send(self._pipes(proc)[0], chunk)
-            out: list[list[Span]] = []
             for proc in busy:
                 out.extend(_receive(self._pipes(proc)[1]))
-        except (OSError, EOFError, pickle.PickleError) as e:
-            self.close()
-            raise WorkerError(f"a de-id worker process failed ({e!r})") from e
-        except WorkerError:
-            self.close()
-            raise
         return out
 
     def close(self) -> None:

@@ -91,14 +91,20 @@ def site_test_score(pack: TaskPack, model: torch.nn.Module, site: SiteData) -> d
     return pack.evaluate(model.to(device), site.test, device)
 
 
-def fine_tuned_score(
-    pack: TaskPack, run_dir: Path, site: SiteData, epochs: int, settings: TrainSettings
-) -> dict[str, float]:
-    """The federation's model fine-tuned on ``site``'s training split, on its test split."""
+def fine_tuned_scores(
+    pack: TaskPack,
+    run_dir: Path,
+    sites: dict[str, SiteData],
+    epochs: int,
+    settings: TrainSettings,
+) -> Scores:
+    """The federation's model fine-tuned at each site of ``sites``, on that site's test split."""
     weights = get_weights(final_model(pack, run_dir))
-    return site_test_score(
-        pack, fine_tune(pack, weights, site, epochs, settings, pick_device()), site
-    )
+    device = pick_device()
+    return {
+        name: site_test_score(pack, fine_tune(pack, weights, data, epochs, settings, device), data)
+        for name, data in sites.items()
+    }
 
 
 def study(
@@ -136,10 +142,10 @@ def study(
             )
             runs[strategy] = scores
             if strategy == "fedavg" and fine_tune_epochs:
-                runs[FINE_TUNED] = {
-                    site: fine_tuned_score(pack, run_dir, data, fine_tune_epochs, settings)
-                    for site, data in load_sites(pack, sites, data_dir, seed).items()
-                }
+                site_data = {site: pack.load_site(site, data_dir, seed) for site in sites}
+                runs[FINE_TUNED] = fine_tuned_scores(
+                    pack, run_dir, site_data, fine_tune_epochs, settings
+                )
         raw["all_sites"][str(seed)] = runs
         if with_leave_one_out:
             raw["leave_one_out"][str(seed)] = leave_one_out(
@@ -177,16 +183,10 @@ def leave_one_out(
             "local-mean": {m: _mean_std([s[m] for s in local_scores])[0] for m in local_scores[0]},
         }
         if fine_tune_epochs:
-            result[held][FINE_TUNED] = fine_tuned_score(
-                pack, run_dir, held_out, fine_tune_epochs, settings
-            )
+            result[held][FINE_TUNED] = fine_tuned_scores(
+                pack, run_dir, {held: held_out}, fine_tune_epochs, settings
+            )[held]
     return result
-
-
-def load_sites(
-    pack: TaskPack, sites: list[str], data_dir: Path | None, seed: int
-) -> dict[str, SiteData]:
-    return {site: pack.load_site(site, data_dir, seed) for site in sites}
 
 
 def default_strategies(pack: TaskPack) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedmed.cli import main
-from fedmed.outputs import load_checkpoint, seconds_per_round
+from fedmed.outputs import load_checkpoint
 from fedmed.tasks import get_task
 
 SITES = ["cleveland", "hungary", "switzerland", "va"]
@@ -37,7 +37,7 @@ def test_heart_federation_writes_a_complete_run_directory(
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == list(range(1, rounds + 1))
     stamps = [r["aggregated_at"] for r in metrics["rounds"]]  # read by the benchmarks
-    assert stamps == sorted(stamps) and seconds_per_round(metrics) >= 0
+    assert len(stamps) == rounds and stamps == sorted(stamps)
     assert sorted(metrics["final"]["per_site"]) == SITES
     for site in SITES:
         assert set(metrics["final"]["per_site"][site]) >= {"accuracy", "auc"}
