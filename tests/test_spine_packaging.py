@@ -44,3 +44,26 @@ def test_federation_folders_name_installed_components(repo: Path, folder: str) -
         module, _, attribute = reference.partition(":")
         assert module.startswith("fedmed."), reference
         assert getattr(importlib.import_module(module), attribute) is not None
+
+
+def test_a_pack_missing_a_dependency_leaves_the_others_and_names_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    """An imaging-only node without presidio still runs imaging; asking for icd says why not."""
+    script = (
+        "import sys; sys.modules['presidio_analyzer'] = None\n"
+        "from fedmed.errors import ConfigError\n"
+        "from fedmed.tasks import get_task, task_names\n"
+        "names = task_names()\n"
+        "assert 'imaging-cls' in names and 'icd' not in names, names\n"
+        "get_task('imaging-cls')\n"
+        "try:\n"
+        "    get_task('icd')\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert "task 'icd' cannot load here" in proc.stdout
+    assert "presidio_analyzer" in proc.stdout

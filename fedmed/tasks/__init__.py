@@ -3,7 +3,9 @@
 Modeled on Opacus's accountant registry: a name maps to a class, and adding a task
 means adding one module in this package that decorates its class with
 :func:`register_task` — no other file changes. Modules are discovered on first
-lookup.
+lookup. A pack whose own dependencies are missing from this install (say presidio
+for the text packs on a node set up for imaging only) does not take the other packs
+down with it: asking for it names the module that failed to import.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fedmed.tasks.base import SiteData, TaskPack
 __all__ = ["SiteData", "TaskPack", "get_task", "register_task", "task_names"]
 
 _REGISTRY: dict[str, type[TaskPack]] = {}
+_UNAVAILABLE: dict[str, str] = {}  # pack module -> why it could not be imported
 _discovered = False
 
 
@@ -39,8 +42,14 @@ def _discover() -> None:
     if _discovered:
         return
     for module in pkgutil.iter_modules(__path__):
-        if module.name != "base":
+        if module.name == "base":
+            continue
+        try:
             importlib.import_module(f"{__name__}.{module.name}")
+        except ModuleNotFoundError as exc:
+            if (exc.name or "fedmed").split(".")[0] == "fedmed":
+                raise  # our own code is broken: never hide that
+            _UNAVAILABLE[module.name] = f"needs {exc.name!r}, which is not installed"
     _discovered = True
 
 
@@ -56,6 +65,9 @@ def get_task(name: str) -> TaskPack:
     try:
         return _REGISTRY[name]()
     except KeyError:
+        missing = _UNAVAILABLE.get(name.replace("-", "_"))
+        if missing:
+            raise ConfigError(f"task {name!r} cannot load here: it {missing}") from None
         raise ConfigError(
             f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}"
         ) from None
