@@ -64,6 +64,7 @@ CASES = (
     Case("imaging-cls+local-norm", "imaging-cls", (("local_norm", True),)),
     Case("imaging-seg", "imaging-seg"),
     Case("icd", "icd"),
+    Case("icd-minilm", "icd-minilm"),
     Case("deid-ner", "deid-ner"),
 )
 

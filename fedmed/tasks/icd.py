@@ -108,13 +108,25 @@ def multi_hot(labels: Sequence[Sequence[str]], codes: Sequence[str] = CODE_IDS) 
 
 
 class NotesDataset(Dataset):
-    """Released notes as (token ids, multi-hot codes) pairs; keeps the text for explanations."""
+    """Released notes as (token ids, multi-hot codes) pairs; keeps the text for explanations.
+
+    A model that reads the notes differently (``fedmed.tasks.icd_minilm``) overrides
+    :meth:`encode` and :meth:`identity`; labels, texts and ids stay as here.
+    """
 
     def __init__(self, notes: Sequence[AdmittedNote]) -> None:
         self.note_ids = [note.note_id for note in notes]
         self.texts = [note.text for note in notes]
-        self.inputs = encode(self.texts)
         self.targets = multi_hot([note.labels for note in notes])
+        self.inputs = self.encode(self.texts)
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """The model inputs of ``texts``: hashed token ids."""
+        return encode(texts)
+
+    def identity(self) -> list[np.ndarray]:
+        """Arrays that identify exactly what was trained on (the site's data fingerprint)."""
+        return [self.inputs.numpy(), self.targets.numpy()]
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -146,6 +158,18 @@ class CamlNet(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.attend(ids)[0]
+
+    def evidence(self, text: str, top_k: int = 3) -> list[CodeEvidence]:
+        """:func:`evidence_from_attention` of ``text``; a span covers the convolution's receptive
+        field around an attended word (what the model saw there)."""
+        tokens = tokenize(text)[:MAX_TOKENS]
+        if not tokens:
+            return []
+        self.eval()
+        with torch.no_grad():
+            logits, weights = self.attend(encode([text]).to(next(self.parameters()).device))
+        offsets = [(start, end) for _, start, end in tokens]
+        return evidence_from_attention(text, offsets, logits[0], weights[0], top_k, KERNEL // 2)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -188,41 +212,46 @@ class CodeEvidence:
 
 
 def attention_evidence(model: CamlNet, text: str, top_k: int = 3) -> list[CodeEvidence]:
-    """Per predicted code (probability ≥ 0.5), the ``top_k`` highest-attention spans of ``text``.
+    """Per predicted code (probability ≥ 0.5), the ``top_k`` highest-attention spans of ``text``
+    (a released note), as :class:`CamlNet` reads it."""
+    return model.evidence(text, top_k)
 
-    ``text`` is a released note. A span covers the convolution's receptive field around an
-    attended word (what the model saw there), clipped to the note; overlapping spans of one
-    code are merged, keeping the larger weight. Codes are ordered by probability.
+
+def evidence_from_attention(text: str, offsets: Sequence[tuple[int, int]], logits: torch.Tensor,
+                            weights: torch.Tensor, top_k: int, reach: int
+                            ) -> list[CodeEvidence]:
+    """The evidence of one note from any per-code attention model.
+
+    ``offsets`` are the character spans of the model's input positions (words or subwords),
+    ``logits`` its code scores (codes) and ``weights`` its attention (positions × codes; rows
+    past ``len(offsets)`` are padding and ignored). For each code with probability ≥ 0.5, in
+    order of probability, the ``top_k`` most attended positions become spans of ``text``
+    reaching ``reach`` positions either side, clipped to the note; overlapping spans of one
+    code are merged, keeping the larger weight.
     """
-    tokens = tokenize(text)[:MAX_TOKENS]
-    if not tokens:
-        return []
-    model.eval()
-    with torch.no_grad():
-        logits, weights = model.attend(encode([text]).to(next(model.parameters()).device))
-    probabilities = torch.sigmoid(logits[0]).cpu()
-    weights = weights[0, : len(tokens)].cpu()
+    probabilities = torch.sigmoid(logits).cpu()
+    weights = weights[: len(offsets)].cpu()
     evidence = []
     for code_index in torch.argsort(probabilities, descending=True).tolist():
         probability = float(probabilities[code_index])
         if probability < THRESHOLD:
             break
         column = weights[:, code_index]
-        best = torch.topk(column, min(top_k, len(tokens))).indices.tolist()
-        spans = _merge([_window(text, tokens, position, float(column[position]))
+        best = torch.topk(column, min(top_k, len(offsets))).indices.tolist()
+        spans = _merge([_window(text, offsets, position, float(column[position]), reach)
                         for position in best])
         evidence.append(CodeEvidence(CODE_IDS[code_index], describe(CODE_IDS[code_index]),
                                      probability, tuple(spans)))
     return evidence
 
 
-def evidence_records(model: CamlNet, dataset: NotesDataset, n: int = 5,
+def evidence_records(model: nn.Module, dataset: NotesDataset, n: int = 5,
                      top_k: int = 3) -> list[dict[str, Any]]:
     """The evidence of the first ``n`` notes of ``dataset``: per note its pseudonymous id, true
-    codes and :func:`attention_evidence` — computed once, then written as JSON and Markdown."""
+    codes and the model's ``evidence`` — computed once, then written as JSON and Markdown."""
     return [
         {"note": note_id, "true_codes": [CODE_IDS[i] for i in np.flatnonzero(target.numpy())],
-         "predicted": [asdict(item) for item in attention_evidence(model, text, top_k)]}
+         "predicted": [asdict(item) for item in model.evidence(text, top_k)]}
         for note_id, text, target in zip(dataset.note_ids[:n], dataset.texts[:n],
                                          dataset.targets[:n], strict=True)
     ]
@@ -278,11 +307,10 @@ def _code_span(text: str) -> str:
     return " ".join(text.split()).replace("`", "'")
 
 
-def _window(text: str, tokens: list[tuple[str, int, int]], position: int,
-            weight: float) -> EvidenceSpan:
-    first = max(0, position - KERNEL // 2)
-    last = min(len(tokens) - 1, position + KERNEL // 2)
-    start, end = tokens[first][1], tokens[last][2]
+def _window(text: str, offsets: Sequence[tuple[int, int]], position: int, weight: float,
+            reach: int) -> EvidenceSpan:
+    start = offsets[max(0, position - reach)][0]
+    end = offsets[min(len(offsets) - 1, position + reach)][1]
     return EvidenceSpan(start, end, text[start:end], weight)
 
 
@@ -326,19 +354,19 @@ class IcdTask(TaskPack):
     default_batch_size = 16
     default_local_epochs = 2
     codes = CODE_IDS
+    notes_dataset: type[NotesDataset] = NotesDataset  # how the model reads a released note
     explanation_kind = "attention evidence per predicted code (JSON and Markdown)"
 
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
         home = Path(data_dir) if data_dir is not None else default_site_home(site)
         admission = admit_site(site, home)
-        train, test = (NotesDataset(admission.split(name)) for name in ("train", "test"))
+        train, test = (self.notes_dataset(admission.split(name)) for name in ("train", "test"))
         if len(train) == 0 or len(test) == 0:
             raise DataError(f"{admission.cache_file}: the gate released no "
                             f"{'training' if len(train) == 0 else 'test'} notes for {site}")
         return SiteData(
             site=site, train=train, val=None, test=test,
-            fingerprint=fingerprint_arrays([d.numpy() for d in (
-                train.inputs, train.targets, test.inputs, test.targets)]),
+            fingerprint=fingerprint_arrays(train.identity() + test.identity()),
         )
 
     def build_model(self) -> nn.Module:
@@ -364,8 +392,9 @@ class IcdTask(TaskPack):
     def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
         """Attention evidence of the first test notes, as JSON (for tools) and Markdown (for
         people); both hold released text only."""
-        if not isinstance(model, CamlNet) or not isinstance(site_data.test, NotesDataset):
-            raise ConfigError("icd explanations need a CamlNet and the pack's NotesDataset")
+        if not hasattr(model, "evidence") or not isinstance(site_data.test, NotesDataset):
+            raise ConfigError("icd explanations need a model with per-code attention evidence "
+                              "and the pack's NotesDataset")
         records = evidence_records(model, site_data.test, n=self.explain_examples)
         return [_write_evidence_json(records, out_dir, site_data.site),
                 save_evidence_markdown(records, out_dir, site_data.site)]

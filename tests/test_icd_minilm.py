@@ -1,0 +1,139 @@
+"""The ``icd-minilm`` pack: the icd notes read by all-MiniLM-L6-v2 (frozen lower layers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from opacus.grad_sample import GradSampleModule
+from opacus.validators import ModuleValidator
+
+from fedmed.cli import main
+from fedmed.data.icd_synth import CODE_IDS
+from fedmed.tasks import get_task, task_names
+from fedmed.tasks.icd_minilm import (
+    FROZEN_LAYERS,
+    MAX_SUBWORDS,
+    IcdMiniLMTask,
+    MiniLMCoder,
+    pretrained,
+    subwords,
+)
+from fedmed.training import TrainSettings, get_weights, train_round
+
+CPU = torch.device("cpu")
+SITE = "rural"
+
+
+@pytest.fixture(scope="module")
+def pack() -> IcdMiniLMTask:
+    task = get_task("icd-minilm")
+    assert isinstance(task, IcdMiniLMTask)
+    return task
+
+
+@pytest.fixture(scope="module")
+def gate_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The gate's home (secret, quarantine, admission cache) of every site in this module."""
+    return tmp_path_factory.mktemp("icd-minilm-gate")
+
+
+@pytest.fixture(scope="module")
+def rural(pack: IcdMiniLMTask, gate_home: Path):
+    """One site through the real gate and the frozen encoder (done once for the module)."""
+    return pack.load_site(SITE, gate_home, seed=0)
+
+
+def test_inputs_are_the_mask_then_the_frozen_fifth_layer(rural) -> None:
+    inputs, targets = rural.train[0]
+    _, encoder = pretrained()
+    assert inputs.shape == (MAX_SUBWORDS, 1 + encoder.config.hidden_size)
+    assert targets.shape == (len(CODE_IDS),)
+    ids = rural.train.subword_ids
+    torch.testing.assert_close(rural.train.inputs[..., 0], (ids != 0).float())
+    with torch.no_grad():
+        hidden = encoder(input_ids=ids[:2], attention_mask=(ids[:2] != 0).long(),
+                         output_hidden_states=True).hidden_states[FROZEN_LAYERS]
+    torch.testing.assert_close(rural.train.inputs[:2, :, 1:], hidden)
+    # the data fingerprint is built from subword ids, not from machine-dependent floats
+    assert [a.dtype.kind for a in rural.train.identity()] == ["i", "f"]
+
+
+def test_only_the_sixth_layer_and_the_head_train_and_travel(pack: IcdMiniLMTask, rural) -> None:
+    model = pack.build_model()
+    assert isinstance(model, MiniLMCoder)
+    assert {key.split(".")[0] for key in model.state_dict()} == {"top", "attention", "output"}
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000  # of 22.7 M in the encoder
+    _, encoder = pretrained()
+    frozen_before = [w.clone() for w in encoder.encoder.layer[FROZEN_LAYERS].parameters()]
+    before = get_weights(model)
+    train_round(pack, model, rural.train, TrainSettings(1, 16, pack.default_lr, seed=0), CPU)
+    assert any((a != b).any() for a, b in zip(before, get_weights(model), strict=True))
+    for original, now in zip(frozen_before, encoder.encoder.layer[FROZEN_LAYERS].parameters(),
+                             strict=True):
+        torch.testing.assert_close(original, now)  # the shared pretrained copy is untouched
+
+
+def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Training mode (Opacus records activations only then) with every dropout at p = 0."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def test_dp_per_example_gradients_are_exact(pack: IcdMiniLMTask, rural) -> None:
+    model = without_dropout(pack.build_model())
+    assert ModuleValidator.validate(model, strict=True) == []
+    batch, targets = rural.train.inputs[:3], rural.train.targets[:3]
+    wrapped = GradSampleModule(model)
+    pack.loss(wrapped(batch), targets).backward()
+    single = without_dropout(pack.build_model())
+    single.load_state_dict(model.state_dict())
+    pack.loss(single(batch[1:2]), targets[1:2]).backward()  # Opacus undoes the batch mean
+    for name in ("top.output.dense.weight", "top.attention.self.query.weight",
+                 "attention.weight"):
+        sampled = model.get_parameter(name).grad_sample
+        torch.testing.assert_close(sampled[1], single.get_parameter(name).grad,
+                                   rtol=1e-3, atol=1e-6)
+
+
+def test_evidence_spans_are_released_text(pack: IcdMiniLMTask, rural) -> None:
+    torch.manual_seed(0)
+    model = pack.build_model()
+    train_round(pack, model, rural.train, TrainSettings(3, 16, pack.default_lr, seed=0), CPU)
+    explained = 0
+    for text in rural.test.texts[:5]:
+        offsets = subwords([text])[2][0]
+        assert all(text[start:end].strip() for start, end in offsets)
+        for item in model.evidence(text, top_k=3):
+            assert item.code in CODE_IDS and item.probability >= 0.5
+            for span in item.spans:
+                assert text[span.start:span.end] == span.text and span.text.strip()
+            explained += 1
+    assert explained >= 3
+
+
+def test_short_federation_with_dp(repo: Path, tmp_path: Path, rural, gate_home: Path) -> None:
+    """Two sites, one round of DP-SGD through Flower's Simulation Engine, evidence written.
+
+    The sites' gate shares the module's home, so rural's admitted notes come from its cache.
+    """
+    sites = [SITE, "veterans"]
+    out = tmp_path / "run"
+    code = main(["run", str(repo / "examples" / "icd-minilm"), "--rounds", "1",
+                 "--sites-home", str(tmp_path / "homes"), "--out", str(out),
+                 "--set", "sites=" + ",".join(sites), "--set", "local-epochs=1",
+                 "--set", f"data-dir={gate_home}"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metrics["final"]["per_site"]) == sites
+    for site in sites:
+        assert set(metrics["final"]["per_site"][site]) >= {"micro_f1", "macro_f1"}
+        assert 0 < metrics["privacy"][site]["epsilon"] <= 1.0 + 1e-6  # the run's target
+        folder = tmp_path / "homes" / site / "runs"
+        assert sorted(p.name for p in folder.glob("*/explanations/*")) == [
+            f"evidence-{site}.json", f"evidence-{site}.md"]
+    assert "icd-minilm" in task_names()
