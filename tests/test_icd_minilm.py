@@ -52,6 +52,7 @@ def test_inputs_are_the_mask_then_the_frozen_fifth_layer(rural) -> None:
     assert inputs.shape == (MAX_SUBWORDS, 1 + encoder.config.hidden_size)
     assert targets.shape == (len(CODE_IDS),)
     ids = rural.train.subword_ids
+    assert int((ids != 0).sum(dim=1).max()) < MAX_SUBWORDS  # no built-in note is cut
     torch.testing.assert_close(rural.train.inputs[..., 0], (ids != 0).float())
     with torch.no_grad():
         hidden = encoder(input_ids=ids[:2], attention_mask=(ids[:2] != 0).long(),
