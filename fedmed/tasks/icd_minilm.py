@@ -21,7 +21,7 @@ weights only.
 Input encoding: the node's training loop hands a model one input tensor, so each note is one
 float tensor of shape (subwords × (1 + 384)): channel 0 is the attention mask (1 for a real
 subword), channels 1… the frozen fifth layer's states. Notes are cut at
-:data:`MAX_SUBWORDS` subwords (the built-in notes are about 150).
+:data:`MAX_SUBWORDS` subwords (no built-in note is that long; the tests check one site).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from fedmed.tasks.icd import CodeEvidence, IcdTask, NotesDataset, evidence_from_
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights come from site-packages only
 
-MAX_SUBWORDS = 256
+MAX_SUBWORDS = 320
 FROZEN_LAYERS = 5  # of all-MiniLM-L6-v2's six; the sixth trains
 EVIDENCE_REACH = 2  # subwords either side of an attended one, in an evidence span
 _ENCODE_BATCH = 32
