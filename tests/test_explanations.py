@@ -103,6 +103,45 @@ def test_evidence_markdown_quotes_spans_safely(tmp_path: Path) -> None:
     assert "`a 'b' | c` (attention 0.50)" in text and "**J18** pneumonia (p = 0.90)" in text
 
 
+def test_phi_review_sorts_gold_spans_into_found_and_missed_and_marks_the_note() -> None:
+    from fedmed.deid.phi import Document, Span
+    from fedmed.deid_ner_explain import review_note
+
+    text = "Pt John Smith, MRN 12345, seen 3/4."
+    doc = Document("n-1", text, [Span(3, 13, "PATIENT"), Span(19, 24, "MEDICALRECORD"),
+                                 Span(31, 34, "DATE")])
+    predicted = [Span(3, 8, "PATIENT", 0.9), Span(8, 13, "PATIENT", 0.7),  # John + Smith
+                 Span(19, 22, "MEDICALRECORD", 0.6),  # "123": "45" left uncovered → a leak
+                 Span(0, 2, "DOCTOR", 0.55)]  # "Pt" is not PHI
+    review = review_note(doc, predicted)
+    assert [(f["type"], f["text"], f["probability"]) for f in review["found"]] == [
+        ("PATIENT", "John Smith", 0.9)]
+    assert [(m["type"], m["text"]) for m in review["missed"]] == [
+        ("MEDICALRECORD", "12345"), ("DATE", "3/4")]
+    assert review["missed"][1].get("probability") is None  # nothing touched it
+    assert [(e["type"], e["text"]) for e in review["extra"]] == [("DOCTOR", "Pt")]
+    assert review["marked"] == ("[NOT PHI? DOCTOR p=0.55: Pt] [PATIENT: John Smith], "
+                                "MRN [MISSED MEDICALRECORD: 12345], seen [MISSED DATE: 3/4].")
+
+
+def test_deid_ner_writes_a_phi_review_of_its_own_test_notes(tmp_path: Path) -> None:
+    site = _site("deid-ner")
+    torch.manual_seed(0)
+    paths = site.pack.explain(site.pack.build_model(), site.data, tmp_path)
+    assert [p.name for p in paths] == [f"phi-review-{site.name}.json",
+                                       f"phi-review-{site.name}.md"]
+    records = json.loads(paths[0].read_text())
+    documents = site.data.test.documents[: site.pack.explain_examples]
+    assert [r["note"] for r in records] == [d.doc_id for d in documents]
+    for record, doc in zip(records, documents, strict=True):
+        assert len(record["found"]) + len(record["missed"]) == len(doc.spans)
+        for item in record["found"] + record["missed"] + record["extra"]:
+            assert doc.text[item["start"]:item["end"]] == item["text"]
+    markdown = paths[1].read_text()
+    assert markdown.startswith(f"# PHI review: {site.name}")
+    assert "stays in the site home" in markdown
+
+
 @pytest.mark.parametrize("name", ["heart", "ecg-denoise"])
 def test_packs_without_an_explainer_write_nothing(name: str, tmp_path: Path) -> None:
     pack = get_task(name)

@@ -96,7 +96,8 @@ from fedmed.deid.phi import Document
 from fedmed.deid.templates import CONDITIONS, EVENTS, EXAM, LABS, MEDS, PLANS, SNIPPETS, TEMPLATES
 from fedmed.deid.train import windowed_examples
 from fedmed.deid.train import word_dropout as drop_words_to_unknown
-from fedmed.errors import DataError
+from fedmed.deid_ner_explain import review_note, write_review
+from fedmed.errors import ConfigError, DataError
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays
 
@@ -333,6 +334,7 @@ class DeidNerTask(TaskPack):
     default_lr = 0.02
     default_batch_size = 32
     default_local_epochs = 1
+    explanation_kind = "PHI review per note: found, missed and over-flagged spans (JSON, Markdown)"
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
@@ -377,4 +379,15 @@ class DeidNerTask(TaskPack):
         return {"phi_recall": float(binary["recall"]),
                 "phi_precision": float(binary["precision"]),
                 "phi_f1": float(binary["f1"])}
+
+    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
+        """The tagger's found, missed and extra PHI on the site's first test notes
+        (:mod:`fedmed.deid_ner_explain`); the files hold the notes, PHI included."""
+        if not isinstance(site_data.test, NoteWindows):
+            raise ConfigError("deid-ner explanations need the pack's NoteWindows")
+        documents = site_data.test.documents[: self.explain_examples]
+        device = next(model.parameters()).device
+        predicted = as_tagger(model, device).predict([doc.text for doc in documents])
+        records = [review_note(doc, spans) for doc, spans in zip(documents, predicted, strict=True)]
+        return write_review(records, out_dir, site_data.site)
 
