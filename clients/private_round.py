@@ -169,6 +169,7 @@ def _checked_round(
         REFUSED: 0,
         "train-loss": result.mean_loss,
         "steps": result.steps,
+        "device": site.device.type,  # cpu or cuda: operators see where each site trained
         **_privacy_metrics(decision.epsilon_after, policy),
         "noise-multiplier": request.noise_multiplier,
         "sample-rate": request.sample_rate,

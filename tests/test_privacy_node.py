@@ -128,6 +128,7 @@ def test_no_dp_job_trains_only_where_the_budget_is_unbounded(tmp_path: Path) -> 
     client = node(tmp_path / "home", Policy(epsilon=math.inf, allowed_tasks=("heart",)))
     _, count, metrics = client.fit(initial_weights(), instructions(dp=False)(1))
     assert metrics["refused"] == 0 and count > 0 and math.isinf(metrics["epsilon"])
+    assert metrics["device"] == client.site.device.type  # where the site trained, for operators
     (tmp_path / "home" / "policy.toml").write_text(Policy(allowed_tasks=("heart",)).to_toml())
     assert_refused(client, instructions()(2), "unbounded")
 
