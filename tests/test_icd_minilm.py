@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,8 +10,13 @@ import torch
 from opacus.grad_sample import GradSampleModule
 from opacus.validators import ModuleValidator
 
-from fedmed.cli import main
+from fedmed.clients.hospital import HospitalClient
+from fedmed.clients.node import HospitalSite
+from fedmed.clients.site_home import SiteHome
+from fedmed.config import FederationConfig, load_federation
 from fedmed.data.icd_synth import CODE_IDS
+from fedmed.explanations import COUNT, ERROR, FINAL_ROUND, FOLDER
+from fedmed.server.app import evaluate_config_fn, fit_config_fn
 from fedmed.tasks import get_task, task_names
 from fedmed.tasks.icd_minilm import (
     FROZEN_LAYERS,
@@ -35,15 +40,9 @@ def pack() -> IcdMiniLMTask:
 
 
 @pytest.fixture(scope="module")
-def gate_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The gate's home (secret, quarantine, admission cache) of every site in this module."""
-    return tmp_path_factory.mktemp("icd-minilm-gate")
-
-
-@pytest.fixture(scope="module")
-def rural(pack: IcdMiniLMTask, gate_home: Path):
+def rural(pack: IcdMiniLMTask, tmp_path_factory: pytest.TempPathFactory):
     """One site through the real gate and the frozen encoder (done once for the module)."""
-    return pack.load_site(SITE, gate_home, seed=0)
+    return pack.load_site(SITE, tmp_path_factory.mktemp("icd-minilm-gate"), seed=0)
 
 
 def test_inputs_are_the_mask_then_the_frozen_fifth_layer(rural) -> None:
@@ -117,24 +116,27 @@ def test_evidence_spans_are_released_text(pack: IcdMiniLMTask, rural) -> None:
     assert explained >= 3
 
 
-def test_short_federation_with_dp(repo: Path, tmp_path: Path, rural, gate_home: Path) -> None:
-    """Two sites, one round of DP-SGD through Flower's Simulation Engine, evidence written.
-
-    The sites' gate shares the module's home, so rural's admitted notes come from its cache.
-    """
-    sites = [SITE, "veterans"]
-    out = tmp_path / "run"
-    code = main(["run", str(repo / "examples" / "icd-minilm"), "--rounds", "1",
-                 "--sites-home", str(tmp_path / "homes"), "--out", str(out),
-                 "--set", "sites=" + ",".join(sites), "--set", "local-epochs=1",
-                 "--set", f"data-dir={gate_home}"])
-    assert code == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert sorted(metrics["final"]["per_site"]) == sites
-    for site in sites:
-        assert set(metrics["final"]["per_site"][site]) >= {"micro_f1", "macro_f1"}
-        assert 0 < metrics["privacy"][site]["epsilon"] <= 1.0 + 1e-6  # the run's target
-        folder = tmp_path / "homes" / site / "runs"
-        assert sorted(p.name for p in folder.glob("*/explanations/*")) == [
-            f"evidence-{site}.json", f"evidence-{site}.md"]
+def test_a_dp_round_through_the_node_spends_epsilon_and_writes_evidence(
+    pack: IcdMiniLMTask, rural, tmp_path: Path
+) -> None:
+    """One DP-SGD round and the final evaluation through the node's own code (site home,
+    policy, ledger, Opacus, explainer). In-process: a Ray federation would encode every
+    site's notes again in each simulated node, minutes of CPU here; the Simulation Engine
+    runs the same client code for every pack (tests/test_spine_federation.py)."""
+    config = replace(FederationConfig.from_run_config(
+        load_federation(Path(__file__).resolve().parents[1] / "examples" / "icd-minilm")),
+        num_server_rounds=1, local_epochs=1)
+    SiteHome.open(tmp_path / SITE, SITE, pack.name)
+    client = HospitalClient(HospitalSite(SITE, pack, rural, CPU), tmp_path / SITE)
+    torch.manual_seed(0)
+    weights, count, metrics = client.fit(get_weights(pack.build_model()),
+                                         fit_config_fn(config, pack, "run-1")(1))
+    assert metrics["refused"] == 0 and count == len(rural.train)
+    assert metrics["noise-multiplier"] > 0 and 0 < metrics["epsilon"] <= 1.0 + 1e-6
+    final = {**evaluate_config_fn("run-1")(1), "num-rounds": 1, FINAL_ROUND: True}
+    _, _, scores = client.evaluate(weights, final)
+    assert set(scores) >= {"micro_f1", "macro_f1", "precision_at_5"}
+    assert scores[COUNT] == 2 and not scores.get(ERROR)
+    assert sorted(p.name for p in Path(str(scores[FOLDER])).iterdir()) == [
+        f"evidence-{SITE}.json", f"evidence-{SITE}.md"]
     assert "icd-minilm" in task_names()
