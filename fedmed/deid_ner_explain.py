@@ -22,6 +22,7 @@ from typing import Any
 
 from fedmed.deid.evaluate import leaked
 from fedmed.deid.phi import Document, Span
+from fedmed.explanations import markdown_code_span
 
 
 def review_note(doc: Document, predicted: Sequence[Span]) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def write_review(records: Sequence[dict[str, Any]], out_dir: str | Path, site: s
                   f"Found {len(record['found'])} PHI spans, missed {len(record['missed'])}, "
                   f"flagged {len(record['extra'])} that are not PHI.", ""]
         for kind in ("missed", "extra"):
-            lines += [f"- {kind}: {item['type']} `{_one_line(item['text'])}`"
+            lines += [f"- {kind}: {item['type']} `{markdown_code_span(item['text'])}`"
                       + (f" (p = {item['probability']:.2f})" if "probability" in item else "")
                       for item in record[kind]]
         fence = "~~~~"
@@ -83,7 +84,3 @@ def write_review(records: Sequence[dict[str, Any]], out_dir: str | Path, site: s
     review = out / f"phi-review-{site}.md"
     review.write_text("\n".join(lines), encoding="utf-8")
     return [data, review]
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()).replace("`", "'")

@@ -53,6 +53,12 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 logger = logging.getLogger(__name__)
 
 
+def markdown_code_span(text: str) -> str:
+    """``text`` safe inside a Markdown code span: one line, no backticks (explanation files
+    quote note text this way so none of it is read as Markdown)."""
+    return " ".join(text.split()).replace("`", "'")
+
+
 def explanation_folder(site_home: Path, run_id: str) -> Path:
     """``<site home>/runs/<run>/explanations``, with ``run_id`` made a safe folder name.
 

@@ -57,6 +57,7 @@ from fedmed.data.icd_synth import (
 )
 from fedmed.data.text_admission import Admission, AdmittedNote, admitted_site_notes
 from fedmed.errors import ConfigError, DataError
+from fedmed.explanations import markdown_code_span
 from fedmed.state import state_dir
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
@@ -292,7 +293,7 @@ def save_evidence_markdown(records: list[dict[str, Any]], out_dir: str | Path, s
         for item in record["predicted"]:
             lines.append(f"- **{item['code']}** {item['description']} "
                          f"(p = {item['probability']:.2f})")
-            lines += [f"  - `{_code_span(span['text'])}` (attention {span['weight']:.2f})"
+            lines += [f"  - `{markdown_code_span(span['text'])}` (attention {span['weight']:.2f})"
                       for span in item["spans"]]
         lines.append("")
     out = Path(out_dir)
@@ -300,11 +301,6 @@ def save_evidence_markdown(records: list[dict[str, Any]], out_dir: str | Path, s
     path = out / f"evidence-{site}.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def _code_span(text: str) -> str:
-    """Text safe inside a Markdown code span: one line, no backticks."""
-    return " ".join(text.split()).replace("`", "'")
 
 
 def _window(text: str, offsets: Sequence[tuple[int, int]], position: int, weight: float,
