@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 
 import torch
 
-from fedmed.baselines import run_baselines
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig
 from fedmed.device import pick_device
@@ -35,6 +33,7 @@ from fedmed.errors import ConfigError
 from fedmed.personalisation import fine_tune, norm_positions
 from fedmed.privacy.policy import DEFAULT_EPSILON, Policy
 from fedmed.simulation import run_simulation
+from fedmed.study_baselines import BaselineRecipe, BaselineSource, mean_std
 from fedmed.tasks import SiteData, TaskPack, get_task
 from fedmed.training import TrainSettings, get_weights
 
@@ -107,35 +106,49 @@ def fine_tuned_scores(
     }
 
 
+def baseline_recipe(config: FederationConfig, pack: TaskPack) -> BaselineRecipe:
+    """How this study's local-only and pooled models train: as long as a federation, alone."""
+    data_dir = Path(config.data_dir) if config.data_dir else None
+    settings = local_settings(config, pack, config.seed)
+    return BaselineRecipe(
+        task=config.task,
+        sites=tuple(config.site_list(pack.site_names(data_dir))),
+        data_dir=config.data_dir,
+        epochs=config.num_server_rounds * settings.local_epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        momentum=settings.momentum,
+    )
+
+
 def study(
     config: FederationConfig,
     seeds: Iterable[int],
     strategies: Iterable[str],
     out: Path,
+    baselines: BaselineSource,
     with_leave_one_out: bool = True,
     on_seed_done: Callable[[dict[str, Any]], None] | None = None,
     fine_tune_epochs: int = 0,
 ) -> dict[str, Any]:
     """Run the whole study; raw per-seed scores, keyed by regime.
 
-    ``strategies`` may include ``local-norm``; ``fine_tune_epochs`` > 0 adds the
-    ``fine-tuned`` regime (it needs ``fedavg`` among the strategies). ``on_seed_done``
-    receives the scores so far after every seed, so a study of an hour that is
-    interrupted keeps every finished seed.
+    ``baselines`` gives the local-only and pooled rows (trained now, or recorded by an
+    earlier study: ``fedmed.study_baselines``). ``strategies`` may include
+    ``local-norm``; ``fine_tune_epochs`` > 0 adds the ``fine-tuned`` regime (it needs
+    ``fedavg`` among the strategies). ``on_seed_done`` receives the scores so far after
+    every seed, so a study of an hour that is interrupted keeps every finished seed.
     """
     pack = get_task(config.task)
     data_dir = Path(config.data_dir) if config.data_dir else None
     sites = config.site_list(pack.site_names(data_dir))
     strategies = list(strategies)
     check_regimes(pack, strategies, fine_tune_epochs)
-    epochs = config.num_server_rounds * (config.local_epochs or pack.default_local_epochs)
     raw: dict[str, Any] = {"all_sites": {}, "leave_one_out": {}}
     for seed in seeds:
         seeded = replace(config, seed=seed)
         settings = local_settings(config, pack, seed)
-        baseline = run_baselines(pack, sites, data_dir, epochs, settings)
-        runs: dict[str, Scores] = {f"local {s}": baseline.scores[s] for s in sites}
-        runs["pooled"] = baseline.scores["pooled"]
+        runs = baselines.all_sites(seed)
         for strategy in strategies:
             scores, run_dir = federated_scores(
                 replace(seeded, strategy=strategy), out / "runs" / f"{strategy}-seed{seed}"
@@ -149,7 +162,7 @@ def study(
         raw["all_sites"][str(seed)] = runs
         if with_leave_one_out:
             raw["leave_one_out"][str(seed)] = leave_one_out(
-                seeded, pack, sites, data_dir, epochs, out, fine_tune_epochs
+                seeded, pack, sites, data_dir, baselines, out, fine_tune_epochs
             )
         if on_seed_done is not None:
             on_seed_done(raw)
@@ -161,7 +174,7 @@ def leave_one_out(
     pack: TaskPack,
     sites: list[str],
     data_dir: Path | None,
-    epochs: int,
+    baselines: BaselineSource,
     out: Path,
     fine_tune_epochs: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -170,8 +183,6 @@ def leave_one_out(
     settings = local_settings(config, pack, config.seed)
     for held in sites:
         others = [s for s in sites if s != held]
-        baseline = run_baselines(pack, others, data_dir, epochs, settings, [held])
-        local_scores = [baseline.scores[s][held] for s in others]
         _, run_dir = federated_scores(
             replace(config, strategy="fedavg", sites=",".join(others)),
             out / "runs" / f"loso-{held}-seed{config.seed}",
@@ -179,8 +190,7 @@ def leave_one_out(
         held_out = pack.load_site(held, data_dir, config.seed)
         result[held] = {
             "fedavg": site_test_score(pack, final_model(pack, run_dir), held_out),
-            "pooled": baseline.scores["pooled"][held],
-            "local-mean": {m: _mean_std([s[m] for s in local_scores])[0] for m in local_scores[0]},
+            **baselines.held_out(config.seed, held),
         }
         if fine_tune_epochs:
             result[held][FINE_TUNED] = fine_tuned_scores(
@@ -207,18 +217,6 @@ def check_regimes(pack: TaskPack, strategies: list[str], fine_tune_epochs: int) 
                           "--strategies or set --fine-tune-epochs 0")  # fmt: skip
 
 
-def _mean_std(values: list[float | None]) -> tuple[float, float]:
-    """Mean and population std of the defined values; (nan, nan) when none is defined.
-
-    A metric can be undefined for a site (AUC on a test split with one class: ``None`` in
-    the JSON), and is then left out rather than counted as 0 — the tables say ``n/a``.
-    """
-    defined = [v for v in values if v is not None and not math.isnan(v)]
-    if not defined:
-        return math.nan, math.nan
-    return statistics.fmean(defined), statistics.pstdev(defined) if len(defined) > 1 else 0.0
-
-
 def summarise(raw: dict[str, Any], metric: str) -> dict[str, Any]:
     """Mean and std over seeds of ``metric`` for every regime × test site (+ mean over sites)."""
     seeds = sorted(raw["all_sites"])
@@ -227,16 +225,16 @@ def summarise(raw: dict[str, Any], metric: str) -> dict[str, Any]:
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for regime in regimes:
         row = {
-            site: _mean_std([raw["all_sites"][s][regime][site][metric] for s in seeds])
+            site: mean_std([raw["all_sites"][s][regime][site][metric] for s in seeds])
             for site in sites
         }
-        row["mean"] = _mean_std(
-            [_mean_std([raw["all_sites"][s][regime][x][metric] for x in sites])[0] for s in seeds]
+        row["mean"] = mean_std(
+            [mean_std([raw["all_sites"][s][regime][x][metric] for x in sites])[0] for s in seeds]
         )
         table[regime] = row
     held_out = {
         held: {
-            regime: _mean_std([raw["leave_one_out"][s][held][regime][metric] for s in seeds])
+            regime: mean_std([raw["leave_one_out"][s][held][regime][metric] for s in seeds])
             for regime in raw["leave_one_out"][seeds[0]][held]
         }
         for held in raw["leave_one_out"].get(seeds[0], {})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,9 @@ import pytest
 from fedmed.cli import main
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig
+from fedmed.errors import ConfigError, DataError
 from fedmed.generalization import study_site_homes, summarise, to_markdown
+from fedmed.study_baselines import BaselineRecipe, load_recorded
 
 
 def _scores(a: float, b: float) -> dict[str, dict[str, float]]:
@@ -94,6 +98,81 @@ def test_study_command_runs_real_federations_without_touching_real_homes(
     assert main(["report", str(out)]) == 0  # re-rendered from the JSON alone
     assert "| fedavg |" in (out / "generalization.md").read_text()
     assert not (isolated_state / "sites").exists()  # the federation's own homes untouched
+
+    dp_out = tmp_path / "study-dp"  # the same study with DP, borrowing the baselines above
+    assert main([*args[:-1], str(dp_out), "--dp", "--baselines-from", str(out)]) == 0
+    dp_raw = json.loads((dp_out / "generalization.json").read_text())
+    dp_regimes = dp_raw["all_sites"]["0"]
+    for borrowed in ("local cleveland", "local hungary", "pooled"):
+        assert dp_regimes[borrowed] == regimes[borrowed]
+    assert dp_regimes["fedavg"] != regimes["fedavg"]  # the federation itself ran again, noised
+    assert dp_raw["baselines"] == raw["baselines"]
+    assert dp_raw["baselines_from"]["study"] == str(out / "generalization.json")
+    assert "ε = 1; local and pooled rows from study)" in dp_raw["title"]
+    ledger = dp_out / "runs" / "fedavg-seed0" / "sites" / "cleveland"
+    assert ledger.is_dir()  # a capped, DP-accounting home (see the homes test above)
+
+
+def _recipe(**changes: object) -> BaselineRecipe:
+    recipe = BaselineRecipe("heart", ("x", "y"), "", 20, 16, 0.05, 0.0)
+    return dataclasses.replace(recipe, **changes)
+
+
+def _write_study(folder: Path, recipe: BaselineRecipe | None, with_held_out: bool) -> Path:
+    runs = {"local x": _scores(0.9, 0.5), "local y": _scores(0.4, 0.8), **RAW["all_sites"]["0"]}
+    held = {
+        site: {"fedavg": {"accuracy": 0.5}, "pooled": {"accuracy": 0.6},
+               "local-mean": {"accuracy": 0.4}}
+        for site in ("x", "y")
+    }  # fmt: skip
+    document = {"all_sites": {"0": runs}, "leave_one_out": {"0": held} if with_held_out else {}}
+    if recipe is not None:
+        document["baselines"] = recipe.to_json()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "generalization.json").write_text(json.dumps(document))
+    return folder / "generalization.json"
+
+
+def test_recorded_baselines_give_exactly_the_local_and_pooled_rows(tmp_path: Path) -> None:
+    path = _write_study(tmp_path, _recipe(), with_held_out=True)
+    source = load_recorded(path, _recipe(), [0], True, pytest.fail)
+    assert set(source.all_sites(0)) == {"local x", "local y", "pooled"}  # not its fedavg
+    assert source.held_out(0, "y") == {"pooled": {"accuracy": 0.6}, "local-mean": {"accuracy": 0.4}}
+    assert source.provenance()["study"] == str(path) and len(source.provenance()["sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    ("recipe", "seeds", "held_out", "message"),
+    [
+        (_recipe(lr=0.1), [0], False, "lr 0.05 there, 0.1 here"),
+        (_recipe(sites=("x", "z")), [0], False, "sites ['x', 'y'] there, ['x', 'z'] here"),
+        (_recipe(), [0, 1], False, "no baselines for seed(s) [1]"),
+        (_recipe(), [0], True, "no leave-one-site-out rows for seed 0"),
+    ],
+)
+def test_a_study_trained_differently_is_refused_with_the_difference(
+    tmp_path: Path, recipe: BaselineRecipe, seeds: list[int], held_out: bool, message: str
+) -> None:
+    path = _write_study(tmp_path, _recipe(), with_held_out=False)
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        load_recorded(path, recipe, seeds, held_out, pytest.fail)
+    assert str(path) in str(caught.value)
+
+
+def test_an_older_study_without_a_recipe_is_checked_for_sites_and_seeds_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    path = _write_study(tmp_path, None, with_held_out=False)
+    warnings: list[str] = []
+    load_recorded(path, _recipe(), [0], False, warnings.append)
+    assert warnings and "does not record how its baselines were trained" in warnings[0]
+    with pytest.raises(ConfigError, match="has local models of"):
+        load_recorded(path, _recipe(sites=("x", "y", "z")), [0], False, warnings.append)
+
+
+def test_baselines_from_a_folder_without_a_study_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="generalization.json: not a fedmed generalization study"):
+        load_recorded(tmp_path / "generalization.json", _recipe(), [0], False, pytest.fail)
 
 
 def test_report_names_a_folder_that_is_not_a_study(

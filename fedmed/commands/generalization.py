@@ -6,15 +6,24 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from fedmed.commands.run import add_privacy_options, add_run_options, federation_config
+from fedmed.config import FederationConfig
 from fedmed.errors import DataError
-from fedmed.generalization import default_strategies, study, summarise, to_markdown
+from fedmed.generalization import (
+    baseline_recipe,
+    default_strategies,
+    study,
+    summarise,
+    to_markdown,
+)
 from fedmed.outputs import write_json_atomic
 from fedmed.plots import plot_generalization
 from fedmed.state import state_dir
+from fedmed.study_baselines import BaselineSource, TrainedBaselines, load_recorded
 from fedmed.tasks import get_task
 
 console = Console()
@@ -27,21 +36,48 @@ def cmd_generalization(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, dp=False)
     pack = get_task(config.task)
     out = args.out.resolve() if args.out else state_dir("studies") / config.federation
+    seeds = list(range(config.seed, config.seed + args.seeds))
+    baselines, header = _baselines_and_header(args, config, seeds)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = range(config.seed, config.seed + args.seeds)
-    privacy = f"federations with DP-SGD at ε = {config.epsilon:g}" if config.dp else "no DP"
-    task = "" if config.task == config.federation else f", task {config.task}"
-    header = {"title": f"{config.federation} ({privacy}{task})", "metrics": list(pack.metrics)}
 
     def save(raw: dict) -> None:  # after every seed: an interrupted study keeps what it has
         write_json_atomic(out / STUDY_FILE, {**raw, **header})
 
     strategies = args.strategies.split(",") if args.strategies else default_strategies(pack)
-    save(study(config, seeds, strategies, out, args.leave_one_out, save, args.fine_tune_epochs))
+    save(
+        study(
+            config, seeds, strategies, out, baselines,
+            args.leave_one_out, save, args.fine_tune_epochs,
+        )  # fmt: skip
+    )
     markdown = render_study(out)
     print(markdown)
     console.print(f"written: {out / 'generalization.md'} and its figures")
     return 0
+
+
+def _baselines_and_header(
+    args: argparse.Namespace, config: FederationConfig, seeds: list[int]
+) -> tuple[BaselineSource, dict[str, Any]]:
+    """Where the local and pooled rows come from, and the study's self-description."""
+    pack = get_task(config.task)
+    recipe = baseline_recipe(config, pack)
+    privacy = f"federations with DP-SGD at ε = {config.epsilon:g}" if config.dp else "no DP"
+    task = "" if config.task == config.federation else f", task {config.task}"
+    header: dict[str, Any] = {"metrics": list(pack.metrics), "baselines": recipe.to_json()}
+    if not args.baselines_from:
+        header["title"] = f"{config.federation} ({privacy}{task})"
+        return TrainedBaselines(pack, recipe), header
+    source = args.baselines_from.resolve() / STUDY_FILE
+    recorded = load_recorded(source, recipe, seeds, args.leave_one_out, _warn)
+    header["baselines_from"] = recorded.provenance()
+    origin = Path(header["baselines_from"]["study"]).parent.name
+    header["title"] = f"{config.federation} ({privacy}{task}; local and pooled rows from {origin})"
+    return recorded, header
+
+
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}")
 
 
 def render_study(folder: Path) -> str:
@@ -92,6 +128,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=5,
         help="epochs each site fine-tunes the FedAvg model on its own training split for the "
         "'fine-tuned' regime (default 5; 0: leave the regime out)",
+    )
+    parser.add_argument(
+        "--baselines-from",
+        type=Path,
+        metavar="STUDY_DIR",
+        help="take the local-only and pooled rows from an earlier study of the same "
+        "federation (its --out folder) instead of training them again, e.g. for a --dp study "
+        "beside the one without DP; refused unless that study trained them on the same "
+        "sites, seeds, data and settings",
     )
     parser.add_argument(
         "--leave-one-out",
