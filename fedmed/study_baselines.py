@@ -7,7 +7,8 @@ and the same again for every held-out site), so ``fedmed generalization
 --baselines-from STUDY`` reads them from an earlier study of the same federation,
 after checking that it trained them the same way: same task, sites, data folder,
 epochs and optimiser settings (the :class:`BaselineRecipe` every study records),
-for every seed asked for.
+for every seed asked for — and that one of its local models, trained again here,
+still scores as recorded (:meth:`RecordedBaselines.spot_check`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedmed.baselines import run_baselines
+from fedmed.baselines import run_baselines, train_model
+from fedmed.device import pick_device
 from fedmed.errors import ConfigError, DataError
 from fedmed.tasks import TaskPack
 from fedmed.training import TrainSettings
@@ -124,12 +126,45 @@ class RecordedBaselines:
         row = self.raw["leave_one_out"][str(seed)][held]
         return {POOLED: row[POOLED], LOCAL_MEAN: row[LOCAL_MEAN]}
 
+    def spot_check(self, pack: TaskPack, recipe: BaselineRecipe, seed: int) -> None:
+        """Retrain one recorded model here and refuse the study if it scores differently.
+
+        The recipe says how the baselines were trained, not which code and data made
+        them: a task whose data generator or model changed since would lend rows that no
+        longer compare. One local model (the first site's) is a small price for knowing.
+        """
+        site = recipe.sites[0]
+        data_dir = Path(recipe.data_dir) if recipe.data_dir else None
+        data = pack.load_site(site, data_dir, seed)
+        model = train_model(pack, [data.train], recipe.epochs, recipe.settings(seed))
+        now = pack.evaluate(model, data.test, pick_device())
+        then = self.all_sites(seed)[f"{LOCAL_PREFIX}{site}"][site]
+        differ = [f"{m} {then.get(m)} there, {v} here" for m, v in now.items()
+                  if not _close(then.get(m), v)]  # fmt: skip
+        if differ:
+            raise ConfigError(
+                f"{self.path}: its local {site} model (seed {seed}) scores differently when "
+                f"trained again here ({'; '.join(differ)}): the task's code or data changed "
+                "since, so its rows would not compare; train the baselines again"
+            )
+
     def provenance(self) -> dict[str, str]:
         """The study the rows were first trained in (a borrowed study points at its source)."""
         if "baselines_from" in self.raw:
             return dict(self.raw["baselines_from"])
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
         return {"study": str(self.path), "sha256": digest}
+
+
+def _close(recorded: float | None, now: float | None, tolerance: float = 1e-4) -> bool:
+    """Equal up to float noise, both undefined (``None``/NaN) counting as equal."""
+    if recorded is None or now is None or math.isnan(recorded) or math.isnan(now):
+        return _undefined(recorded) and _undefined(now)
+    return abs(recorded - now) <= tolerance
+
+
+def _undefined(value: float | None) -> bool:
+    return value is None or math.isnan(value)
 
 
 def load_recorded(
@@ -173,7 +208,7 @@ def _check_recipe(
 ) -> None:
     if recorded is None:
         warn(f"{path} does not record how its baselines were trained (an older study): "
-             "only its sites and seeds are checked")  # fmt: skip
+             "its sites and seeds are checked, and one of its models is trained again")  # fmt: skip
         return
     wanted = recipe.to_json()
     differ = [f"{k} {recorded.get(k)!r} there, {v!r} here" for k, v in wanted.items()

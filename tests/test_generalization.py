@@ -79,7 +79,7 @@ def test_study_homes_are_fresh_and_uncapped_only_without_dp(
 
 @pytest.mark.timeout(300)
 def test_study_command_runs_real_federations_without_touching_real_homes(
-    repo: Path, tmp_path: Path, isolated_state: Path
+    repo: Path, tmp_path: Path, isolated_state: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "study"
     args = [
@@ -111,6 +111,11 @@ def test_study_command_runs_real_federations_without_touching_real_homes(
     assert "ε = 1; local and pooled rows from study)" in dp_raw["title"]
     ledger = dp_out / "runs" / "fedavg-seed0" / "sites" / "cleveland"
     assert ledger.is_dir()  # a capped, DP-accounting home (see the homes test above)
+
+    raw["all_sites"]["0"]["local cleveland"]["cleveland"]["accuracy"] -= 0.1  # a stale study
+    (out / "generalization.json").write_text(json.dumps(raw))
+    assert main([*args[:-1], str(tmp_path / "stale"), "--baselines-from", str(out)]) == 2
+    assert "its local cleveland model (seed 0) scores differently" in capsys.readouterr().err
 
 
 def _recipe(**changes: object) -> BaselineRecipe:

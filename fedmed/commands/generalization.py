@@ -70,6 +70,7 @@ def _baselines_and_header(
         return TrainedBaselines(pack, recipe), header
     source = args.baselines_from.resolve() / STUDY_FILE
     recorded = load_recorded(source, recipe, seeds, args.leave_one_out, _warn)
+    recorded.spot_check(pack, recipe, seeds[0])
     header["baselines_from"] = recorded.provenance()
     origin = Path(header["baselines_from"]["study"]).parent.name
     header["title"] = f"{config.federation} ({privacy}{task}; local and pooled rows from {origin})"
