@@ -40,9 +40,36 @@ def pack() -> IcdMiniLMTask:
 
 
 @pytest.fixture(scope="module")
-def rural(pack: IcdMiniLMTask, tmp_path_factory: pytest.TempPathFactory):
+def gate_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("icd-minilm-gate")
+
+
+@pytest.fixture(scope="module")
+def rural(pack: IcdMiniLMTask, gate_home: Path):
     """One site through the real gate and the frozen encoder (done once for the module)."""
-    return pack.load_site(SITE, tmp_path_factory.mktemp("icd-minilm-gate"), seed=0)
+    return pack.load_site(SITE, gate_home, seed=0)
+
+
+def test_a_later_process_reads_the_frozen_states_kept_beside_the_admitted_notes(
+    pack: IcdMiniLMTask, rural, gate_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = sorted(gate_home.rglob("minilm-states-*.pt"))
+    assert len(kept) == 2  # train and test
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in kept)  # derived patient text
+
+    def no_encoder(*_: object) -> torch.Tensor:
+        raise AssertionError("the frozen layers ran again")
+
+    monkeypatch.setattr("fedmed.tasks.icd_minilm.frozen_states", no_encoder)
+    again = pack.load_site(SITE, gate_home, seed=0)
+    assert torch.equal(again.train.inputs, rural.train.inputs)
+    assert again.fingerprint == rural.fingerprint
+
+    kept[0].write_bytes(b"cut short by a full disk")  # an unreadable file is encoded again
+    monkeypatch.undo()
+    healed = pack.load_site(SITE, gate_home, seed=0)
+    assert torch.equal(healed.train.inputs, rural.train.inputs)
+    assert torch.equal(healed.test.inputs, rural.test.inputs)
 
 
 def test_inputs_are_the_mask_then_the_frozen_fifth_layer(rural) -> None:

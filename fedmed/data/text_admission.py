@@ -135,8 +135,8 @@ def admitted_site_notes(
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     lines = [json.dumps({"id": n.note_id, "text": n.text, "labels": list(n.labels),
                          "split": n.split}) for n in notes]
-    _write_private(notes_file, "".join(line + "\n" for line in lines))
-    _write_private(summary_file, json.dumps(summary, indent=2) + "\n")
+    write_private(notes_file, "".join(line + "\n" for line in lines))
+    write_private(summary_file, json.dumps(summary, indent=2) + "\n")
     return Admission(notes, len(raw), len(excluded), notes_file, False, summary)
 
 
@@ -169,7 +169,7 @@ def _record_held(home: Path, batch: str, held: list[dict[str, str]]) -> None:
     folder = home / "quarantine"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     for index, record in enumerate(held):
-        _write_private(folder / f"{batch}-known-{index:04d}.reason.json",
+        write_private(folder / f"{batch}-known-{index:04d}.reason.json",
                        json.dumps({**record, "batch": batch}, indent=2) + "\n")
 
 
@@ -203,10 +203,11 @@ def _read_cache(notes_file: Path, summary_file: Path
     return notes, summary
 
 
-def _write_private(path: Path, content: str) -> None:
+def write_private(path: Path, content: str | bytes) -> None:
     """Write ``path`` with mode 0600, atomically (a concurrent reader sees old or new, whole)."""
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(content)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
     os.replace(staging, path)

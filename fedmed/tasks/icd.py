@@ -112,10 +112,13 @@ class NotesDataset(Dataset):
     """Released notes as (token ids, multi-hot codes) pairs; keeps the text for explanations.
 
     A model that reads the notes differently (``fedmed.tasks.icd_minilm``) overrides
-    :meth:`encode` and :meth:`identity`; labels, texts and ids stay as here.
+    :meth:`encode` and :meth:`identity`; labels, texts and ids stay as here. ``cache_dir``
+    is the site's private folder of admitted notes, where an encoding too slow to repeat in
+    every process may be kept.
     """
 
-    def __init__(self, notes: Sequence[AdmittedNote]) -> None:
+    def __init__(self, notes: Sequence[AdmittedNote], cache_dir: Path | None = None) -> None:
+        self.cache_dir = cache_dir
         self.note_ids = [note.note_id for note in notes]
         self.texts = [note.text for note in notes]
         self.targets = multi_hot([note.labels for note in notes])
@@ -356,7 +359,8 @@ class IcdTask(TaskPack):
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
         home = Path(data_dir) if data_dir is not None else default_site_home(site)
         admission = admit_site(site, home)
-        train, test = (self.notes_dataset(admission.split(name)) for name in ("train", "test"))
+        folder = admission.cache_file.parent
+        train, test = (self.notes_dataset(admission.split(n), folder) for n in ("train", "test"))
         if len(train) == 0 or len(test) == 0:
             raise DataError(f"{admission.cache_file}: the gate released no "
                             f"{'training' if len(train) == 0 else 'test'} notes for {site}")

