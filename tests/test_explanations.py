@@ -34,6 +34,7 @@ from fedmed.outputs import RunDirectory
 from fedmed.server.recording import RecordingStrategy
 from fedmed.server.run_report import write_markdown_report
 from fedmed.tasks import SiteData, TaskPack, get_task
+from fedmed.tasks.icd import IcdTask
 from fedmed.training import get_weights
 
 EXPLAINED = {  # pack → the file names its hook writes for a site
@@ -45,17 +46,21 @@ EXPLAINED = {  # pack → the file names its hook writes for a site
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _site(name: str, home: Path | None = None) -> HospitalSite:
+def _site(name: str) -> HospitalSite:
     pack = get_task(name)
     site = pack.site_names()[0]
-    data = pack.load_site(site, home, 0)
+    data = pack.load_site(site, None, 0)
     return HospitalSite(name=site, pack=pack, data=data, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
 def icd_site(tmp_path_factory: pytest.TempPathFactory) -> HospitalSite:
     """One icd site through its de-identification gate (slow: once per module)."""
-    return _site("icd", tmp_path_factory.mktemp("icd-gate"))
+    pack = get_task("icd")
+    assert isinstance(pack, IcdTask)
+    site = pack.site_names()[0]
+    data = pack.load_builtin_site(site, tmp_path_factory.mktemp("icd-gate"))
+    return HospitalSite(name=site, pack=pack, data=data, device=torch.device("cpu"))
 
 
 # --- each pack's hook ----------------------------------------------------------------------

@@ -53,7 +53,7 @@ def site_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def rural(pack: IcdTask, site_home: Path):
     """One site through the real gate (the slow step: done once for the module)."""
-    return pack.load_site(SITE, site_home, seed=0)
+    return pack.load_builtin_site(SITE, site_home)
 
 
 @pytest.fixture(scope="module")

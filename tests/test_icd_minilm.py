@@ -47,7 +47,7 @@ def gate_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def rural(pack: IcdMiniLMTask, gate_home: Path):
     """One site through the real gate and the frozen encoder (done once for the module)."""
-    return pack.load_site(SITE, gate_home, seed=0)
+    return pack.load_builtin_site(SITE, gate_home)
 
 
 def test_a_later_process_reads_the_frozen_states_kept_beside_the_admitted_notes(
@@ -61,13 +61,13 @@ def test_a_later_process_reads_the_frozen_states_kept_beside_the_admitted_notes(
         raise AssertionError("the frozen layers ran again")
 
     monkeypatch.setattr("fedmed.tasks.icd_minilm.frozen_states", no_encoder)
-    again = pack.load_site(SITE, gate_home, seed=0)
+    again = pack.load_builtin_site(SITE, gate_home)
     assert torch.equal(again.train.inputs, rural.train.inputs)
     assert again.fingerprint == rural.fingerprint
 
     kept[0].write_bytes(b"cut short by a full disk")  # an unreadable file is encoded again
     monkeypatch.undo()
-    healed = pack.load_site(SITE, gate_home, seed=0)
+    healed = pack.load_builtin_site(SITE, gate_home)
     assert torch.equal(healed.train.inputs, rural.train.inputs)
     assert torch.equal(healed.test.inputs, rural.test.inputs)
 

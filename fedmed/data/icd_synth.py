@@ -230,6 +230,14 @@ def generate_note(site: str, seed: int, split: str, index: int) -> Document:
     return _NoteBuilder(style, rng).build(f"{site}-{split}-{index:05d}", split)
 
 
+def builtin_site_notes(
+    site: str, n_train: int = N_TRAIN_DEFAULT, n_test: int = N_TEST_DEFAULT
+) -> list[Document]:
+    """A built-in site's raw notes: its training notes, then its test notes (seed fixed at 0,
+    so every run, export and study sees the same hospital)."""
+    return site_notes(site, n_train, 0, "train") + site_notes(site, n_test, 0, "test")
+
+
 def site_notes(site: str, n: int, seed: int, split: str) -> list[Document]:
     """``n`` raw notes of one site and split."""
     if n < 0:

@@ -47,13 +47,14 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import Dataset
 
+from fedmed.data.icd_notes import NOTES_FILE, note_site_folders, read_site_notes
 from fedmed.data.icd_synth import (
     CODE_IDS,
     N_TEST_DEFAULT,
     N_TRAIN_DEFAULT,
     SITES,
+    builtin_site_notes,
     describe,
-    site_notes,
 )
 from fedmed.data.text_admission import Admission, AdmittedNote, admitted_site_notes
 from fedmed.errors import ConfigError, DataError
@@ -69,9 +70,6 @@ CHANNELS = 64
 KERNEL = 7  # the receptive field: "no evidence of <code>" and "<code> ruled out" fit in it
 THRESHOLD = 0.5
 TOP_K = 5
-# The built-in sites are one fixed draw: test notes never depend on the training seed (the
-# task-pack contract), and one admission per site is cached for every seed and run.
-DATA_SEED = 0
 TOKEN_RE = re.compile(r"[a-z0-9]+")
 
 
@@ -334,12 +332,14 @@ def default_site_home(site: str) -> Path:
 
 def admit_site(site: str, site_home: Path, n_train: int = N_TRAIN_DEFAULT,
                n_test: int = N_TEST_DEFAULT) -> Admission:
-    """The built-in raw notes of ``site`` through its gate (cached after the first call)."""
+    """The built-in raw notes of ``site`` through its gate (cached after the first call).
+
+    The built-in sites are one fixed draw: test notes never depend on the training seed
+    (the task-pack contract), and one admission per site is cached for every seed and run.
+    """
     if site not in SITES:
         raise ConfigError(f"unknown icd site {site!r}; sites: {', '.join(SITES)}")
-    raw = site_notes(site, n_train, DATA_SEED, "train") + site_notes(site, n_test, DATA_SEED,
-                                                                      "test")
-    return admitted_site_notes("icd", site, site_home, raw)
+    return admitted_site_notes("icd", site, site_home, builtin_site_notes(site, n_train, n_test))
 
 
 @register_task("icd")
@@ -356,9 +356,25 @@ class IcdTask(TaskPack):
     notes_dataset: type[NotesDataset] = NotesDataset  # how the model reads a released note
     explanation_kind = "attention evidence per predicted code (JSON and Markdown)"
 
+    def site_names(self, data_dir: Path | None = None) -> list[str]:
+        if data_dir is None:
+            return list(self.default_sites)
+        return note_site_folders(Path(data_dir))
+
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
-        home = Path(data_dir) if data_dir is not None else default_site_home(site)
-        admission = admit_site(site, home)
+        """A built-in site, or with ``data_dir`` the hospital's own ``<site>/notes.jsonl``
+        (:mod:`fedmed.data.icd_notes`); either way through the site's gate first."""
+        if data_dir is None:
+            return self.load_builtin_site(site, default_site_home(site))
+        raw = read_site_notes(Path(data_dir) / site / NOTES_FILE, self.codes)
+        return self.site_data(site, admitted_site_notes("icd", site, default_site_home(site), raw))
+
+    def load_builtin_site(self, site: str, gate_home: Path) -> SiteData:
+        """A built-in site with its gate's files under ``gate_home`` (tests keep their own)."""
+        return self.site_data(site, admit_site(site, gate_home))
+
+    def site_data(self, site: str, admission: Admission) -> SiteData:
+        """The released notes of ``admission`` as the model reads them."""
         folder = admission.cache_file.parent
         train, test = (self.notes_dataset(admission.split(n), folder) for n in ("train", "test"))
         if len(train) == 0 or len(test) == 0:

@@ -1,0 +1,119 @@
+"""A hospital's own coded notes for the ICD packs: ``<data_dir>/<site>/notes.jsonl``.
+
+Why this format: an EHR export of notes with their billed codes is a table with free text
+in it; JSON Lines keeps the text exact (newlines, quotes, any script) where CSV quoting
+often breaks, and every line stands alone, so an error names its line. One object per line:
+
+- ``id`` (string, unique in the file) — the note's id in the hospital's system;
+- ``text`` (string) — the **raw** note: it passes the site's de-identification gate
+  (:mod:`fedmed.data.text_admission`) before any model or cache sees it;
+- ``codes`` (list of strings) — the note's codes, each one of the federation's code list
+  (the model's output layer is the same at every site, so an unknown code is an error
+  naming the line, never dropped);
+- ``split`` — ``"train"`` or ``"test"``;
+- ``patient_id`` (optional string) — one surrogate per patient across their notes;
+- ``identifiers`` (optional list of strings) — the patient's registry name parts and MRN,
+  for the known-identifier check after the gate.
+
+:func:`write_site_notes` writes the same format; ``python -m fedmed.data.icd_export``
+uses it to write the built-in synthetic sites at any size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedmed.data.text_admission import write_private
+from fedmed.deid.phi import Document
+from fedmed.errors import DataError
+
+NOTES_FILE = "notes.jsonl"
+SPLITS = ("train", "test")
+
+
+def note_site_folders(data_dir: Path) -> list[str]:
+    """Sub-folders of ``data_dir`` holding a ``notes.jsonl``: one per site, sorted."""
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data folder not found")
+    sites = sorted(p.name for p in data_dir.iterdir() if (p / NOTES_FILE).is_file())
+    if not sites:
+        raise DataError(f"{data_dir}: no site folders with a {NOTES_FILE} (one per hospital)")
+    return sites
+
+
+def read_site_notes(path: Path, codes: Sequence[str]) -> list[Document]:
+    """Every note of one site's ``notes.jsonl`` as raw :class:`Document` s, checked line by line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (each site folder needs a {NOTES_FILE})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    known = set(codes)
+    notes: list[Document] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        note = _parse(line, where, known)
+        if note.doc_id in seen:
+            raise DataError(f"{where}: note id {note.doc_id!r} occurs twice")
+        seen.add(note.doc_id)
+        notes.append(note)
+    for split in SPLITS:
+        if not any(n.meta["split"] == split for n in notes):
+            raise DataError(f"{path}: no {split} notes (a site needs both splits)")
+    return notes
+
+
+def _parse(line: str, where: str, known: set[str]) -> Document:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise DataError(f"{where}: not a JSON object ({exc.args[0]})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: not a JSON object")
+    note_id, text, codes = record.get("id"), record.get("text"), record.get("codes")
+    if not isinstance(note_id, str) or not note_id:
+        raise DataError(f"{where}: 'id' must be a non-empty string")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: note {note_id!r} has no 'text'")
+    if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
+        raise DataError(f"{where}: note {note_id!r}: 'codes' must be a list of strings")
+    unknown = sorted(set(codes) - known)
+    if unknown:
+        raise DataError(f"{where}: note {note_id!r} has codes outside the federation's list: "
+                        f"{', '.join(unknown)} (known: {', '.join(sorted(known))})")  # fmt: skip
+    split = record.get("split")
+    if split not in SPLITS:
+        raise DataError(f"{where}: note {note_id!r}: 'split' must be 'train' or 'test', "
+                        f"got {split!r}")  # fmt: skip
+    meta: dict[str, Any] = {"labels": sorted(set(codes)), "split": split}
+    if record.get("patient_id") is not None:
+        meta["patient_id"] = str(record["patient_id"])
+    identifiers = record.get("identifiers", [])
+    if not isinstance(identifiers, list) or not all(isinstance(v, str) for v in identifiers):
+        raise DataError(f"{where}: note {note_id!r}: 'identifiers' must be a list of strings")
+    meta["identifiers"] = identifiers
+    return Document(note_id, text, meta=meta)
+
+
+def write_site_notes(path: Path, notes: Sequence[Document]) -> None:
+    """Write ``notes`` (raw, with ``meta`` as the synthetic generator fills it) as ``path``.
+
+    The file holds raw notes, so it is written like the gate's files: mode 0600, atomically.
+    """
+    lines = [
+        json.dumps({
+            "id": note.doc_id, "text": note.text, "codes": list(note.meta["labels"]),
+            "split": note.meta["split"], "patient_id": note.meta.get("patient_id"),
+            "identifiers": list(note.meta.get("identifiers", [])),
+        }, ensure_ascii=False)
+        for note in notes
+    ]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(path, "".join(line + "\n" for line in lines))
