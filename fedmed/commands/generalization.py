@@ -44,12 +44,17 @@ def cmd_generalization(args: argparse.Namespace) -> int:
         write_json_atomic(out / STUDY_FILE, {**raw, **header})
 
     strategies = args.strategies.split(",") if args.strategies else default_strategies(pack)
-    save(
-        study(
-            config, seeds, strategies, out, baselines,
-            args.leave_one_out, save, args.fine_tune_epochs,
-        )  # fmt: skip
+    raw = study(
+        config,
+        seeds,
+        strategies,
+        out,
+        baselines,
+        with_leave_one_out=args.leave_one_out,
+        on_seed_done=save,
+        fine_tune_epochs=args.fine_tune_epochs,
     )
+    save(raw)
     markdown = render_study(out)
     print(markdown)
     console.print(f"written: {out / 'generalization.md'} and its figures")
