@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from fedmed.data.icd_export import export_sites, main
-from fedmed.data.icd_notes import NOTES_FILE, note_site_folders, read_site_notes
+from fedmed.data.icd_notes import NOTES_FILE, read_site_notes
 from fedmed.data.icd_synth import CODE_IDS, builtin_site_notes
+from fedmed.data.site_folders import site_folders
 from fedmed.errors import DataError
 from fedmed.tasks import get_task
 
@@ -30,7 +31,7 @@ def test_an_exported_site_reads_back_as_the_builtin_notes(tmp_path: Path) -> Non
                  "--sites", "rural,academic"]) == 0  # fmt: skip
     path = tmp_path / "rural" / NOTES_FILE
     assert path.stat().st_mode & 0o777 == 0o600  # raw notes: private like the gate's files
-    assert note_site_folders(tmp_path) == ["academic", "rural"]
+    assert site_folders(tmp_path, NOTES_FILE) == ["academic", "rural"]
     notes = read_site_notes(path, CODE_IDS)
     builtin = builtin_site_notes("rural", 7, 3)
     assert [(n.doc_id, n.text, n.meta["labels"], n.meta["split"]) for n in notes] == [
@@ -79,9 +80,9 @@ def test_a_site_without_test_notes_or_a_folder_without_sites_is_refused(tmp_path
     path = _write(tmp_path, GOOD)
     with pytest.raises(DataError, match="no test notes"):
         read_site_notes(path, CODE_IDS)
-    with pytest.raises(DataError, match="no site folders with a notes.jsonl"):
-        note_site_folders(tmp_path / "north")
+    with pytest.raises(DataError, match="no site folders containing notes.jsonl"):
+        site_folders(tmp_path / "north", NOTES_FILE)
     with pytest.raises(DataError, match="data folder not found"):
-        note_site_folders(tmp_path / "absent")
+        site_folders(tmp_path / "absent", NOTES_FILE)
     with pytest.raises(DataError, match=r"south/notes\.jsonl: not found"):
         get_task("icd").load_site("south", tmp_path, seed=0)

@@ -34,16 +34,6 @@ NOTES_FILE = "notes.jsonl"
 SPLITS = ("train", "test")
 
 
-def note_site_folders(data_dir: Path) -> list[str]:
-    """Sub-folders of ``data_dir`` holding a ``notes.jsonl``: one per site, sorted."""
-    if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data folder not found")
-    sites = sorted(p.name for p in data_dir.iterdir() if (p / NOTES_FILE).is_file())
-    if not sites:
-        raise DataError(f"{data_dir}: no site folders with a {NOTES_FILE} (one per hospital)")
-    return sites
-
-
 def read_site_notes(path: Path, codes: Sequence[str]) -> list[Document]:
     """Every note of one site's ``notes.jsonl`` as raw :class:`Document` s, checked line by line."""
     try:

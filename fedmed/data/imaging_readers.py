@@ -246,17 +246,6 @@ def read_segmentation_folder(
     return np.stack(images), np.stack(masks)
 
 
-def list_site_folders(data_dir: Path, marker: str) -> list[str]:
-    """Names of the sub-folders of ``data_dir`` that contain ``marker`` (a file or folder)."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data folder not found")
-    sites = sorted(p.name for p in data_dir.iterdir() if (p / marker).exists())
-    if not sites:
-        raise DataError(f"{data_dir}: no site folders containing {marker}")
-    return sites
-
-
 def _read_dicom_dataset(path: Path, header_deid: HeaderDeid | None) -> Dataset:
     import pydicom
 

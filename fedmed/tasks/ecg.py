@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from fedmed.data.ecg_readers import LABELS_FILE, WINDOW_SAMPLES, read_labelled_folder
 from fedmed.data.ecg_synth import CLASS_NAMES, SITES, make_site_windows
+from fedmed.data.site_folders import site_folders
 from fedmed.data.splits import stratified_split
 from fedmed.errors import DataError
 from fedmed.tasks import register_task
@@ -166,16 +167,6 @@ class EcgTask(TaskPack):
         from fedmed.ecg_explain import save_saliency  # matplotlib/MONAI: only when explaining
 
         return save_saliency(self, model, site_data, out_dir, n=self.explain_examples)
-
-
-def site_folders(folder: Path, marker: str) -> list[str]:
-    """Names of the sub-folders of ``folder`` that hold a ``marker`` file: one per site."""
-    if not folder.is_dir():
-        raise DataError(f"{folder}: data folder not found")
-    sites = sorted(p.name for p in folder.iterdir() if (p / marker).is_file())
-    if not sites:
-        raise DataError(f"{folder}: no site folders containing {marker}")
-    return sites
 
 
 def _dataset(windows: np.ndarray, labels: np.ndarray) -> TensorDataset:

@@ -40,10 +40,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fedmed.data.ecg_synth import DENOISE_RATE, DENOISE_SAMPLES, SITES, make_denoise_pairs
+from fedmed.data.site_folders import site_folders
 from fedmed.errors import DataError
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays
-from fedmed.tasks.ecg import site_folders
 
 PAIRS_FILE = "pairs.npz"
 N_TRAIN = 300

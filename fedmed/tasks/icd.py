@@ -47,7 +47,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import Dataset
 
-from fedmed.data.icd_notes import NOTES_FILE, note_site_folders, read_site_notes
+from fedmed.data.icd_notes import NOTES_FILE, read_site_notes
 from fedmed.data.icd_synth import (
     CODE_IDS,
     N_TEST_DEFAULT,
@@ -56,6 +56,7 @@ from fedmed.data.icd_synth import (
     builtin_site_notes,
     describe,
 )
+from fedmed.data.site_folders import site_folders
 from fedmed.data.text_admission import Admission, AdmittedNote, admitted_site_notes
 from fedmed.errors import ConfigError, DataError
 from fedmed.explanations import markdown_code_span
@@ -359,7 +360,7 @@ class IcdTask(TaskPack):
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
             return list(self.default_sites)
-        return note_site_folders(Path(data_dir))
+        return site_folders(Path(data_dir), NOTES_FILE)
 
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
         """A built-in site, or with ``data_dir`` the hospital's own ``<site>/notes.jsonl``

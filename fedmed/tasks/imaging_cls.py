@@ -34,10 +34,10 @@ from torch.utils.data import Dataset, TensorDataset
 from fedmed.data.imaging_readers import (
     LABELS_FILE,
     HeaderDeid,
-    list_site_folders,
     read_classification_folder,
 )
 from fedmed.data.imaging_synth import IMAGE_SIZE, SITES, SiteImages, make_site_images
+from fedmed.data.site_folders import site_folders
 from fedmed.errors import DataError
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
@@ -70,7 +70,7 @@ class ImagingPack(TaskPack):
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
             return list(self.default_sites)
-        return list_site_folders(Path(data_dir), self.site_marker)
+        return site_folders(Path(data_dir), self.site_marker)
 
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
         if data_dir is None:
