@@ -117,6 +117,7 @@ class RecordedBaselines:
 
     path: Path
     raw: dict[str, Any]
+    sha256: str  # of the file as read, so the provenance names exactly what was borrowed
 
     def all_sites(self, seed: int) -> dict[str, Scores]:
         runs = self.raw["all_sites"][str(seed)]
@@ -152,8 +153,7 @@ class RecordedBaselines:
         """The study the rows were first trained in (a borrowed study points at its source)."""
         if "baselines_from" in self.raw:
             return dict(self.raw["baselines_from"])
-        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
-        return {"study": str(self.path), "sha256": digest}
+        return {"study": str(self.path), "sha256": self.sha256}
 
 
 def _close(recorded: float | None, now: float | None, tolerance: float = 1e-4) -> bool:
@@ -177,10 +177,11 @@ def load_recorded(
     """The study at ``path`` as a baseline source, or an error saying why it cannot be one.
 
     A study written before studies recorded their recipe can only be checked for its
-    sites and seeds; ``warn`` is told so, and the provenance says the recipe is unchecked.
+    sites and seeds (and by :meth:`RecordedBaselines.spot_check`); ``warn`` is told so.
     """
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        content = path.read_bytes()
+        raw = json.loads(content.decode("utf-8"))
         runs, held = raw["all_sites"], raw["leave_one_out"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a fedmed generalization study ({exc})") from None
@@ -200,7 +201,7 @@ def load_recorded(
                 f"{path}: it has no leave-one-site-out rows for seed {seed}; "
                 "add --no-leave-one-out or borrow from a study that has them"
             )
-    return RecordedBaselines(path=path, raw=raw)
+    return RecordedBaselines(path=path, raw=raw, sha256=hashlib.sha256(content).hexdigest())
 
 
 def _check_recipe(
