@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+FIXED_SITE_SECRET = "5e" * 32  # tests only: a real site's secret is random (deid.sitekey)
+
+
+def _with_fixed_secret(home: Path) -> Path:
+    key = home / "deid" / "site_secret.key"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(FIXED_SITE_SECRET + "\n")
+    return home
+
+
+@pytest.fixture(scope="session")
+def seeded_gate_home() -> Callable[[Path], Path]:
+    """Gives a gate home a fixed de-id site secret, so the gate's surrogates — and so the
+    released notes a test trains on — are the same in every run (a fresh secret changes
+    them, and with them whether a short training run crosses a threshold)."""
+    return _with_fixed_secret
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,14 @@ def _site(name: str) -> HospitalSite:
 
 
 @pytest.fixture(scope="module")
-def icd_site(tmp_path_factory: pytest.TempPathFactory) -> HospitalSite:
+def icd_site(
+    tmp_path_factory: pytest.TempPathFactory, seeded_gate_home: Callable[[Path], Path]
+) -> HospitalSite:
     """One icd site through its de-identification gate (slow: once per module)."""
     pack = get_task("icd")
     assert isinstance(pack, IcdTask)
     site = pack.site_names()[0]
-    data = pack.load_builtin_site(site, tmp_path_factory.mktemp("icd-gate"))
+    data = pack.load_builtin_site(site, seeded_gate_home(tmp_path_factory.mktemp("icd-gate")))
     return HospitalSite(name=site, pack=pack, data=data, device=torch.device("cpu"))
 
 

@@ -6,6 +6,7 @@ import json
 import re
 import stat
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,10 @@ def pack() -> IcdTask:
 
 
 @pytest.fixture(scope="module")
-def site_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("icd-home")
+def site_home(
+    tmp_path_factory: pytest.TempPathFactory, seeded_gate_home: Callable[[Path], Path]
+) -> Path:
+    return seeded_gate_home(tmp_path_factory.mktemp("icd-home"))
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,8 +41,10 @@ def pack() -> IcdMiniLMTask:
 
 
 @pytest.fixture(scope="module")
-def gate_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("icd-minilm-gate")
+def gate_home(
+    tmp_path_factory: pytest.TempPathFactory, seeded_gate_home: Callable[[Path], Path]
+) -> Path:
+    return seeded_gate_home(tmp_path_factory.mktemp("icd-minilm-gate"))
 
 
 @pytest.fixture(scope="module")
