@@ -9,6 +9,8 @@ name is real. Rules:
   addresses, contacts, IDs) and the site for site-level entities (clinicians, user names,
   hospitals, departments, organisations). The same patient keeps the same fake name in
   every note; "Smith" and "John Smith" map word by word, so partial mentions agree;
+- a name's surrogate never repeats the original word: drawing "Smith" for "Smith" (about
+  one chance in a thousand per word) would release the real name as if it were a fake;
 - dates: every date of a patient is shifted by one secret offset (:meth:`SiteKey.date_offset`)
   and rewritten in its own format (:mod:`fedmed.deid.dates`), so intervals and order are
   kept; unparseable date phrases get a consistent fake date;
@@ -112,7 +114,10 @@ class SurrogateGenerator:
             if len(w) == 1 or (w.isupper() and len(w) <= 3 and original.strip() == w):
                 return "".join(rng.choice(string.ascii_uppercase) for _ in w)
             pool = firsts if w.lower() in first_set else lasts
-            return _match_case(rng.choice(pool), w)
+            choice = rng.choice(pool)
+            while choice.lower() == w.lower():
+                choice = rng.choice(pool)
+            return _match_case(choice, w)
 
         return _NAME_PARTS.sub(word, original)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pydicom
 import pytest
@@ -50,9 +51,10 @@ def test_scrub_text_csv_xml_and_dicom(tmp_path) -> None:
     out = tmp_path / "out"
     assert run("deid", "scrub", str(src), str(out), "--site-home", str(site)) == 0
     scrubbed = (out / "note.txt").read_text()
-    assert "John" not in scrubbed and "4455123" not in scrubbed and "Tel " in scrubbed
+    # whole words: the site's random secret may draw "Johnny" as the surrogate of "John"
+    assert not re.search(r"\b(John|4455123)\b", scrubbed) and "Tel " in scrubbed
     csv = (out / "notes.csv").read_text()
-    assert "Carter" not in csv and "No PHI here." in csv
+    assert not re.search(r"\bCarter\b", csv) and "No PHI here." in csv
     ct = pydicom.dcmread(out / "ct.dcm")
     assert ct.PatientIdentityRemoved == "YES" and "CompressedSamples" not in str(ct.PatientName)
     # i2b2 in, i2b2 out (surrogate positions as tags), redaction mode
