@@ -9,8 +9,9 @@ name is real. Rules:
   addresses, contacts, IDs) and the site for site-level entities (clinicians, user names,
   hospitals, departments, organisations). The same patient keeps the same fake name in
   every note; "Smith" and "John Smith" map word by word, so partial mentions agree;
-- a name's surrogate never repeats the original word: drawing "Smith" for "Smith" (about
-  one chance in a thousand per word) would release the real name as if it were a fake;
+- a surrogate never repeats the original: drawing "Smith" for "Smith" (about one chance
+  in a thousand per word) or "Ohio" for "Ohio" (one in fifty) would release the real
+  value as if it were a fake;
 - dates: every date of a patient is shifted by one secret offset (:meth:`SiteKey.date_offset`)
   and rewritten in its own format (:mod:`fedmed.deid.dates`), so intervals and order are
   kept; unparseable date phrases get a consistent fake date;
@@ -161,7 +162,13 @@ class SurrogateGenerator:
             "EMAIL": lambda: fp.email(fp.first_name(), fp.last_name()), "URL": fp.url,
             "IPADDR": fp.fake.ipv6 if ":" in original else fp.fake.ipv4,
         }
-        return _match_case(makers[subtype](), original)
+        make = makers[subtype]
+        fake = make()
+        for _ in range(8):  # a fake equal to the original would release it (50 states...)
+            if fake.strip().lower() != original.strip().lower():
+                break
+            fake = make()
+        return _match_case(fake, original)
 
 
 class Scrubber:

@@ -71,13 +71,15 @@ def test_consistent_per_patient_and_dates_keep_intervals(key: SiteKey) -> None:
     assert re.search(r"SSN \d{3}-\d{2}-\d{4}\.", out2)
 
 
-def test_name_surrogate_never_repeats_the_real_name(key: SiteKey) -> None:
+def test_surrogate_never_repeats_the_real_value(key: SiteKey) -> None:
     generator = SurrogateGenerator(key)
     # 3000 patients: with one chance in 1000 (last names) or 690 (first names) per draw,
     # a generator that could redraw the original would do so here almost surely
     fakes = [generator.surrogate("PATIENT", "John Smith", f"p{i}") for i in range(3000)]
     assert all(not {"john", "smith"} & set(f.lower().split()) for f in fakes)
     assert len(set(fakes)) > 2000  # still drawn from the whole pool
+    states = {generator.surrogate("STATE", "Ohio", f"p{i}") for i in range(500)}
+    assert "Ohio" not in states and len(states) > 40
 
 
 def test_other_patient_gets_other_surrogates(key: SiteKey) -> None:
