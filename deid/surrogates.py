@@ -10,8 +10,8 @@ name is real. Rules:
   hospitals, departments, organisations). The same patient keeps the same fake name in
   every note; "Smith" and "John Smith" map word by word, so partial mentions agree;
 - a surrogate never repeats the original: drawing "Smith" for "Smith" (about one chance
-  in a thousand per word) or "Ohio" for "Ohio" (one in fifty) would release the real
-  value as if it were a fake;
+  in a thousand per word), "J." for "J." (one in 26) or "Ohio" for "Ohio" (one in fifty)
+  would release the real value as if it were a fake;
 - dates: every date of a patient is shifted by one secret offset (:meth:`SiteKey.date_offset`)
   and rewritten in its own format (:mod:`fedmed.deid.dates`), so intervals and order are
   kept; unparseable date phrases get a consistent fake date;
@@ -31,6 +31,7 @@ import datetime as dt
 import random
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -58,6 +59,20 @@ def _name_pools() -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
 
     firsts = tuple(Provider.first_names)
     return firsts, tuple(Provider.last_names), frozenset(f.lower() for f in firsts)
+
+
+def _other_than(original: str, draw: Callable[[], str], tries: int = 32) -> str:
+    """``draw()`` again while it equals ``original`` (case and outer spaces aside).
+
+    A surrogate equal to the value it replaces would release that value looking like a
+    fake; every pool here is far larger than ``tries`` values, so one redraw or two do.
+    """
+    value = draw()
+    for _ in range(tries):
+        if value.strip().lower() != original.strip().lower():
+            break
+        value = draw()
+    return value
 
 
 def _match_case(new: str, old: str) -> str:
@@ -113,12 +128,11 @@ class SurrogateGenerator:
             w = m.group()
             rng = self._rng("name", scope, w.lower())
             if len(w) == 1 or (w.isupper() and len(w) <= 3 and original.strip() == w):
-                return "".join(rng.choice(string.ascii_uppercase) for _ in w)
+                return _other_than(
+                    w, lambda: "".join(rng.choice(string.ascii_uppercase) for _ in w)
+                )
             pool = firsts if w.lower() in first_set else lasts
-            choice = rng.choice(pool)
-            while choice.lower() == w.lower():
-                choice = rng.choice(pool)
-            return _match_case(choice, w)
+            return _match_case(_other_than(w, lambda: rng.choice(pool)), w)
 
         return _NAME_PARTS.sub(word, original)
 
@@ -162,13 +176,7 @@ class SurrogateGenerator:
             "EMAIL": lambda: fp.email(fp.first_name(), fp.last_name()), "URL": fp.url,
             "IPADDR": fp.fake.ipv6 if ":" in original else fp.fake.ipv4,
         }
-        make = makers[subtype]
-        fake = make()
-        for _ in range(8):  # a fake equal to the original would release it (50 states...)
-            if fake.strip().lower() != original.strip().lower():
-                break
-            fake = make()
-        return _match_case(fake, original)
+        return _match_case(_other_than(original, makers[subtype]), original)
 
 
 class Scrubber:

@@ -78,6 +78,8 @@ def test_surrogate_never_repeats_the_real_value(key: SiteKey) -> None:
     fakes = [generator.surrogate("PATIENT", "John Smith", f"p{i}") for i in range(3000)]
     assert all(not {"john", "smith"} & set(f.lower().split()) for f in fakes)
     assert len(set(fakes)) > 2000  # still drawn from the whole pool
+    initials = [generator.surrogate("PATIENT", "J. Smith", f"p{i}") for i in range(500)]
+    assert all(not f.startswith("J.") for f in initials)
     states = {generator.surrogate("STATE", "Ohio", f"p{i}") for i in range(500)}
     assert "Ohio" not in states and len(states) > 40
 
