@@ -115,3 +115,22 @@ def test_redact_mode_and_format_of_caps_names(key: SiteKey) -> None:
     assert len(sur.replaced) == 4
     for s in sur.replaced:  # positions refer to the output text
         assert sur.text[s.start:s.end]
+
+
+def test_a_sites_mapping_does_not_drift_between_versions(
+    tmp_path, seeded_gate_home
+) -> None:
+    """The same secret must map a value to the same surrogate in every fedmed (and Faker)
+    version: a patient's notes released before an upgrade keep matching those released
+    after it. A change here changes every site's surrogates; make it only on purpose."""
+    generator = SurrogateGenerator(SiteKey.load_or_create(seeded_gate_home(tmp_path / "site")))
+    released = {
+        ("PATIENT", "John Smith"): "Michaela Mendez",
+        ("DOCTOR", "Adams"): "Moreno",
+        ("DATE", "03/01/2020"): "10/24/2022",
+        ("MEDICALRECORD", "4455123"): "5368723",
+        ("STATE", "Ohio"): "North Carolina",
+        ("CITY", "Boston"): "East Charlestown",
+    }
+    for (subtype, value), surrogate in released.items():
+        assert generator.surrogate(subtype, value, "patient-1") == surrogate, (subtype, value)
