@@ -3,7 +3,7 @@
 Those baselines never use DP, so a study of DP federations compares its noisy
 models with exactly the local and pooled models of the same study without DP.
 Training them again costs about half a study (all four locals, the pooled model,
-and the same again for every held-out site), so ``fedmed generalization
+and a pooled model without each held-out site), so ``fedmed generalization
 --baselines-from STUDY`` reads them from an earlier study of the same federation,
 after checking that it trained them the same way: same task, sites, data folder,
 epochs and optimiser settings (the :class:`BaselineRecipe` every study records),
@@ -18,7 +18,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,28 +85,39 @@ class BaselineSource(Protocol):
 
 @dataclass(frozen=True)
 class TrainedBaselines:
-    """Baselines trained here and now (``fedmed.baselines``)."""
+    """Baselines trained here and now (``fedmed.baselines``).
+
+    A held-out site's local-mean row needs no training: the other sites' local models are
+    the ones :meth:`all_sites` trained (same recipe and seed, so the same models) and
+    already tested on every site, the held-out one included. Only the pooled model of the
+    other sites is new, which halves the baseline work of leave-one-site-out.
+    """
 
     pack: TaskPack
     recipe: BaselineRecipe
+    _all_sites: dict[int, dict[str, Scores]] = field(default_factory=dict, compare=False)
 
-    def _run(self, seed: int, sites: list[str], tests: list[str] | None = None) -> dict:
+    def _run(self, seed: int, sites: list[str], tests: list[str] | None, local: bool) -> dict:
         data_dir = Path(self.recipe.data_dir) if self.recipe.data_dir else None
         settings = self.recipe.settings(seed)
-        return run_baselines(self.pack, sites, data_dir, self.recipe.epochs, settings, tests).scores
+        epochs = self.recipe.epochs
+        return run_baselines(self.pack, sites, data_dir, epochs, settings, tests, local).scores
 
     def all_sites(self, seed: int) -> dict[str, Scores]:
-        scores = self._run(seed, list(self.recipe.sites))
-        return {f"{LOCAL_PREFIX}{s}": scores[s] for s in self.recipe.sites} | {
-            POOLED: scores[POOLED]
-        }
+        if seed not in self._all_sites:
+            scores = self._run(seed, list(self.recipe.sites), None, local=True)
+            self._all_sites[seed] = {
+                f"{LOCAL_PREFIX}{s}": scores[s] for s in self.recipe.sites
+            } | {POOLED: scores[POOLED]}
+        return self._all_sites[seed]
 
     def held_out(self, seed: int, held: str) -> dict[str, dict[str, float]]:
         others = [s for s in self.recipe.sites if s != held]
-        scores = self._run(seed, others, [held])
-        local = [scores[s][held] for s in others]
+        pooled = self._run(seed, others, [held], local=False)[POOLED][held]
+        every_site = self.all_sites(seed)
+        local = [every_site[f"{LOCAL_PREFIX}{s}"][held] for s in others]
         return {
-            POOLED: scores[POOLED][held],
+            POOLED: pooled,
             LOCAL_MEAN: {m: mean_std([s[m] for s in local])[0] for m in local[0]},
         }
 

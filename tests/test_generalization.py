@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from fedmed.baselines import run_baselines
 from fedmed.cli import main
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError, DataError
 from fedmed.generalization import study_site_homes, summarise, to_markdown
-from fedmed.study_baselines import BaselineRecipe, load_recorded
+from fedmed.study_baselines import BaselineRecipe, TrainedBaselines, load_recorded
+from fedmed.tasks import get_task
 
 
 def _scores(a: float, b: float) -> dict[str, dict[str, float]]:
@@ -186,3 +188,18 @@ def test_report_names_a_folder_that_is_not_a_study(
     (tmp_path / "generalization.json").write_text("{}")
     assert main(["report", str(tmp_path)]) == 2
     assert "generalization.json: not a fedmed generalization study" in capsys.readouterr().err
+
+
+def test_held_out_local_mean_reuses_the_all_sites_models_exactly() -> None:
+    """Leave-one-site-out trains only the pooled model of the other sites: their local
+    models are the all-sites ones, so the row must equal training them again."""
+    pack = get_task("heart")
+    recipe = BaselineRecipe("heart", ("cleveland", "hungary", "switzerland"), "", 3, 16, 0.05, 0.0)
+    trained = TrainedBaselines(pack, recipe)
+    row = trained.held_out(0, "switzerland")
+    others = ["cleveland", "hungary"]
+    again = run_baselines(pack, others, None, 3, recipe.settings(0), ["switzerland"]).scores
+    assert row["pooled"] == again["pooled"]["switzerland"]
+    for metric, value in row["local-mean"].items():
+        assert value == pytest.approx((again[others[0]]["switzerland"][metric]
+                                       + again[others[1]]["switzerland"][metric]) / 2)
