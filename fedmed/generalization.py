@@ -2,8 +2,9 @@
 
 For each seed: local-only models (one per site), a pooled model, and one
 federation per strategy, each scored on every site's test split; then
-leave-one-site-out: the federation, the pooled model and the local models are
-trained without one site and scored on that site's test split. Means and
+leave-one-site-out: the federation and the pooled model are trained without one
+site and scored on that site's test split, beside the mean of the other sites' local
+models (the all-sites ones, which never saw it either). Means and
 standard deviations over seeds go into a JSON document and a Markdown table.
 
 Two personalised regimes (``fedmed.personalisation``) score each site with *its own*
