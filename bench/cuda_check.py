@@ -36,12 +36,12 @@ from fedmed.clients.hospital import HospitalClient
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig, load_federation
-from fedmed.explanations import COUNT, ERROR
+from fedmed.explain.outcome import COUNT, ERROR
 from fedmed.privacy.policy import Policy
 from fedmed.server.app import evaluate_config_fn, fit_config_fn
 from fedmed.state import STATE_ENV
 from fedmed.tasks import get_task
-from fedmed.training import get_weights
+from fedmed.training.loop import get_weights
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

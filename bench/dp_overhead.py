@@ -6,7 +6,7 @@ Usage::
 
 For each pack (``fedmed.tasks.task_names()``, so new packs are included without
 editing this file) it loads the first site, takes up to ``--max-examples`` training
-examples, and times local training with :func:`fedmed.training.train_round` at the
+examples, and times local training with :func:`fedmed.training.loop.train_round` at the
 pack's default batch size and learning rate: without DP, and with
 :class:`fedmed.privacy.trainer.DPTrainer` in Opacus's ``hooks`` and ``ew`` modes and
 in ``auto`` (the mode a node picks). Ratios are DP / non-DP, median over
@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, Subset
 from fedmed.errors import ConfigError
 from fedmed.privacy.trainer import DPTrainer, poisson_schedule
 from fedmed.tasks import TaskPack, get_task, task_names
-from fedmed.training import TrainSettings, train_round
+from fedmed.training.loop import TrainSettings, train_round
 
 MODES = ("hooks", "ew", "auto")
 MIN_SECONDS = 0.3  # each timed run trains enough epochs to last at least this long

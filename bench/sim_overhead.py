@@ -26,11 +26,11 @@ from pathlib import Path
 
 from fedmed.clients.node import HospitalSite
 from fedmed.config import FederationConfig, load_federation
-from fedmed.generalization import study_site_homes
 from fedmed.outputs import seconds_per_round
 from fedmed.simulation import run_simulation
+from fedmed.studies.generalization import study_site_homes
 from fedmed.tasks import get_task
-from fedmed.training import TrainSettings, get_weights
+from fedmed.training.loop import TrainSettings, get_weights
 
 DEFAULT_FEDERATION = Path(__file__).resolve().parents[1] / "examples" / "heart"
 

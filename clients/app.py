@@ -9,7 +9,7 @@ Contract with the coordinator (``fedmed.server.app``):
 - ``fit`` receives the global weights and a config with ``run-id``,
   ``server-round``, ``local-epochs``, ``batch-size``, ``lr``, ``momentum``,
   ``seed``, ``local-norm`` (keep normalisation layers at the site:
-  ``fedmed.personalisation``), the job's DP request (``fedmed.privacy.job.DPJob`` keys: ``dp``,
+  ``fedmed.training.local_norms``), the job's DP request (``fedmed.privacy.job.DPJob`` keys: ``dp``,
   ``dp-epsilon``, ``dp-delta``, ``dp-noise-multiplier``, ``dp-clip-norm``,
   ``dp-accountant``, ``dp-grad-sample-mode``, ``num-rounds``) and, from Flower's
   FedProx, ``proximal_mu`` (the node MUST then add the proximal term). Before

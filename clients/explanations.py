@@ -1,7 +1,7 @@
 """The node's side of explanations: on the run's last evaluation, explain at the site.
 
 Contract with the coordinator (``fedmed.server.recording``, constants in
-:mod:`fedmed.explanations`): when the evaluate config carries ``final-round = true`` and the
+:mod:`fedmed.explain.outcome`): when the evaluate config carries ``final-round = true`` and the
 ``run-id``, the node writes its task pack's explanations of the model it has just scored into
 ``<site home>/runs/<run>/explanations/`` and adds ``explain-count``, ``explain-folder`` and,
 on failure, ``explain-error`` to its evaluate reply. The files never leave the site: they
@@ -22,18 +22,19 @@ from pathlib import Path
 
 import numpy as np
 from flwr.common import Scalar
+from torch import nn
 
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
-from fedmed.explanations import (
+from fedmed.explain.outcome import (
     COUNT,
     FINAL_ROUND,
     ExplanationOutcome,
     explanation_folder,
-    write_explanations,
 )
 from fedmed.privacy.policy import POLICY_FILE
-from fedmed.training import set_weights
+from fedmed.tasks.base import SiteData, TaskPack
+from fedmed.training.loop import set_weights
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def explain_final_round(
 
     ``weights`` must be exactly what the site just evaluated (the scores in the report and
     the pictures beside them describe one model). Never raises: a failure is returned as
-    ``explain-error`` (see :mod:`fedmed.explanations`).
+    ``explain-error`` (see :mod:`fedmed.explain.outcome`).
     """
     if not bool(config.get(FINAL_ROUND, False)):
         return {}
@@ -101,3 +102,29 @@ def _audited(
         error = f"{outcome.error}; {note}" if outcome.error else note
         return ExplanationOutcome(outcome.folder, outcome.files, error)
     return outcome
+
+
+def write_explanations(
+    pack: TaskPack, model: nn.Module, site_data: SiteData, out_dir: Path
+) -> ExplanationOutcome:
+    """Run ``pack.explain`` into ``out_dir``; an exception or an empty result becomes the error.
+
+    Catching here (not in the pack) keeps every pack's explainer simple and makes the
+    failure rule the same for all: logged with its traceback, reported, never fatal to the
+    evaluation it follows.
+    """
+    out_dir = Path(out_dir)
+    try:
+        files = tuple(Path(f) for f in pack.explain(model, site_data, out_dir))
+    except Exception as exc:  # any explainer bug: report it, keep the site's scores
+        logger.exception("site %s: the %s explainer failed", site_data.site, pack.name)
+        return ExplanationOutcome.failed(out_dir, exc)
+    empty = [f.name for f in files if not f.is_file() or f.stat().st_size == 0]
+    if empty:
+        error = f"the {pack.name} explainer left missing or empty files: {', '.join(empty)}"
+    elif not files and pack.explanation_kind:
+        error = f"the {pack.name} explainer wrote no files (no test examples?)"
+    else:
+        return ExplanationOutcome(out_dir, files)
+    logger.error("site %s: %s", site_data.site, error)
+    return ExplanationOutcome(out_dir, files, error)

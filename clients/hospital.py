@@ -21,10 +21,10 @@ from fedmed.clients.private_round import RoundJob, refusal, run_private_round
 from fedmed.clients.site_home import default_site_home
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError
-from fedmed.personalisation import LocalNorms
 from fedmed.privacy.job import DPJob
 from fedmed.tasks import get_task
-from fedmed.training import TrainSettings
+from fedmed.training.local_norms import LocalNorms
+from fedmed.training.loop import TrainSettings
 
 Scalar = bool | int | float | str
 

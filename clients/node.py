@@ -15,7 +15,7 @@ import torch
 
 from fedmed.device import pick_device
 from fedmed.tasks import SiteData, TaskPack, get_task
-from fedmed.training import (
+from fedmed.training.loop import (
     LoopWrapper,
     TrainResult,
     TrainSettings,

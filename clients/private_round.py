@@ -33,13 +33,13 @@ from fedmed.audit.provenance import code_version, config_hash
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.errors import ConfigError, PrivacyRefusal
-from fedmed.personalisation import LocalNorms, norm_positions
 from fedmed.privacy.guard import Decision, ReleaseRequest, check_release
 from fedmed.privacy.job import DPJob, plan_release
 from fedmed.privacy.ledger import Ledger, LedgerEntry
 from fedmed.privacy.policy import Policy
 from fedmed.privacy.trainer import DPTrainer, validate_model
-from fedmed.training import TrainSettings
+from fedmed.training.local_norms import LocalNorms, norm_positions
+from fedmed.training.loop import TrainSettings
 
 Scalar = bool | int | float | str
 REFUSED = "refused"
@@ -54,7 +54,7 @@ class RoundJob:
     round: int
     settings: TrainSettings
     dp: DPJob
-    local_norm: bool = False  # keep normalisation layers local (fedmed.personalisation)
+    local_norm: bool = False  # keep normalisation layers local (fedmed.training.local_norms)
 
 
 @dataclass(frozen=True)

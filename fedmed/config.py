@@ -36,7 +36,7 @@ class FederationConfig:
     lr: float = 0.0
     momentum: float = 0.0
     proximal_mu: float = 0.01
-    # Keep normalisation layers at each site (FedBN-style; fedmed.personalisation).
+    # Keep normalisation layers at each site (FedBN-style; fedmed.training.local_norms).
     local_norm: bool = False
     server_lr: float = 0.1
     fraction_train: float = 1.0

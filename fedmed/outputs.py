@@ -9,7 +9,7 @@ wall-clock ``aggregated_at``). With
 client-level DP, ``client_privacy.epsilon|delta`` sits beside ``privacy``; a run the
 coordinator stopped early has ``stopped.round|reason``. ``explanations.<site>`` says where
 each site holds its explanations of the final model (``round``, ``count``, ``folder``,
-``error``; the files stay at the site, :mod:`fedmed.explanations`), and ``report.md`` is the
+``error``; the files stay at the site, :mod:`fedmed.explain.outcome`), and ``report.md`` is the
 run's report for people (:mod:`fedmed.server.run_report`).
 """
 

@@ -44,7 +44,6 @@ from fedmed.audit.provenance import code_version, config_hash
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError
 from fedmed.outputs import RunDirectory
-from fedmed.personalisation import norm_positions
 from fedmed.plots import plot_run
 from fedmed.privacy.job import DPJob
 from fedmed.server import progress
@@ -57,7 +56,8 @@ from fedmed.server.strategies import build_strategy
 from fedmed.state import state_dir
 from fedmed.tasks import TaskPack, get_task
 from fedmed.tasks.base import fingerprint_arrays
-from fedmed.training import get_weights, set_weights
+from fedmed.training.local_norms import norm_positions
+from fedmed.training.loop import get_weights, set_weights
 
 COORDINATOR_LOG = Path("audit") / "coordinator.jsonl"
 

@@ -48,9 +48,9 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fedmed import explanations
 from fedmed.audit import AuditLog
 from fedmed.errors import FedmedError
+from fedmed.explain import outcome as explanations
 from fedmed.outputs import RunDirectory
 from fedmed.server import progress
 from fedmed.server.validation import check_update, screen_results

@@ -8,7 +8,7 @@ compliance report (``report.html``, :mod:`fedmed.audit.report_html`) is a separa
 for the privacy officer.
 
 Explanations are linked, never copied: they show patient data and stay in each site's home
-(:mod:`fedmed.explanations`). A site's folder that exists on this machine (simulation, or a
+(:mod:`fedmed.explain.outcome`). A site's folder that exists on this machine (simulation, or a
 site deployed on the coordinator's host) is linked by a path relative to the run directory,
 so the run and site-home folders can be moved together; otherwise the report names the site
 and the path on that site's machine. An explainer's failure, or a site that did not answer

@@ -15,7 +15,7 @@ from fedmed.config import FederationConfig
 from fedmed.privacy.policy import Policy
 from fedmed.server.app import fit_config_fn
 from fedmed.tasks import get_task
-from fedmed.training import get_weights
+from fedmed.training.loop import get_weights
 
 SITES = ("switzerland", "va")
 

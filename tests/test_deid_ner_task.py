@@ -37,7 +37,7 @@ from fedmed.tasks.deid_ner import (
     shared_vocab,
     unpack,
 )
-from fedmed.training import TrainSettings, train_round
+from fedmed.training.loop import TrainSettings, train_round
 
 CPU = torch.device("cpu")
 SITE = "rural"  # the smallest built-in site: fastest to train

@@ -24,7 +24,7 @@ from fedmed.data.ecg_synth import CLASS_NAMES, SITES, make_site_windows, simulat
 from fedmed.errors import ConfigError, DataError
 from fedmed.tasks import get_task, task_names
 from fedmed.tasks.ecg import EcgTask, predict_windows
-from fedmed.training import TrainSettings, train_round
+from fedmed.training.loop import TrainSettings, train_round
 
 CPU = torch.device("cpu")
 NUM_CLASSES = len(CLASS_NAMES)

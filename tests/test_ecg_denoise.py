@@ -27,7 +27,7 @@ from fedmed.tasks.ecg_denoise import (
     denoise_windows,
     snr_db,
 )
-from fedmed.training import TrainSettings, train_round
+from fedmed.training.loop import TrainSettings, train_round
 
 CPU = torch.device("cpu")
 

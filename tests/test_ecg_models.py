@@ -14,13 +14,13 @@ from torch.utils.data import Subset
 
 from fedmed.data.ecg_readers import WINDOW_SAMPLES
 from fedmed.data.ecg_synth import CLASS_NAMES, DENOISE_SAMPLES
-from fedmed.ecg_explain import saliency_maps, save_saliency
 from fedmed.errors import ConfigError
+from fedmed.explain.ecg_saliency import saliency_maps, save_saliency
 from fedmed.privacy.trainer import DPTrainer, poisson_schedule
 from fedmed.tasks import get_task, task_names
 from fedmed.tasks.ecg import EcgTask
 from fedmed.tasks.ecg_lstm import EcgCnnLstm, EcgLstmTask
-from fedmed.training import TrainSettings, train_round
+from fedmed.training.loop import TrainSettings, train_round
 
 CPU = torch.device("cpu")
 NEW_MODELS = ("ecg-lstm", "ecg-denoise")

@@ -20,23 +20,22 @@ from flwr.server.strategy import FedAvg
 
 from fedmed.audit import AuditLog, verify_log
 from fedmed.cli import main
-from fedmed.clients.explanations import explain_final_round
+from fedmed.clients.explanations import explain_final_round, write_explanations
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
-from fedmed.explanations import (
+from fedmed.explain.outcome import (
     COUNT,
     ERROR,
     FINAL_ROUND,
     FOLDER,
     explanation_folder,
-    write_explanations,
 )
 from fedmed.outputs import RunDirectory
 from fedmed.server.recording import RecordingStrategy
 from fedmed.server.run_report import write_markdown_report
 from fedmed.tasks import SiteData, TaskPack, get_task
 from fedmed.tasks.icd import IcdTask
-from fedmed.training import get_weights
+from fedmed.training.loop import get_weights
 
 EXPLAINED = {  # pack → the file names its hook writes for a site
     "imaging-cls": "gradcam-{site}-{i}.png",
@@ -113,7 +112,7 @@ def test_evidence_markdown_quotes_spans_safely(tmp_path: Path) -> None:
 
 def test_phi_review_sorts_gold_spans_into_found_and_missed_and_marks_the_note() -> None:
     from fedmed.deid.phi import Document, Span
-    from fedmed.deid_ner_explain import review_note
+    from fedmed.explain.text_review import review_note
 
     text = "Pt John Smith, MRN 12345, seen 3/4."
     doc = Document("n-1", text, [Span(3, 13, "PATIENT"), Span(19, 24, "MEDICALRECORD"),
@@ -194,7 +193,7 @@ def test_a_failing_explainer_is_logged_and_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = SiteData("a", train=None, val=None, test=None, fingerprint="")  # type: ignore[arg-type]
-    with caplog.at_level(logging.ERROR, logger="fedmed.explanations"):
+    with caplog.at_level(logging.ERROR, logger="fedmed.explain.outcome"):
         outcome = write_explanations(_Broken(), torch.nn.Linear(2, 1), data, tmp_path)
     assert outcome.files == () and "RuntimeError: layer 'features.9' not found" in outcome.error
     assert "explainer failed" in caplog.text and "Traceback" in caplog.text

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from fedmed.baselines import run_baselines
 from fedmed.cli import main
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError, DataError
-from fedmed.generalization import study_site_homes, summarise, to_markdown
-from fedmed.study_baselines import BaselineRecipe, TrainedBaselines, load_recorded
+from fedmed.studies.baselines import run_baselines
+from fedmed.studies.generalization import study_site_homes, summarise, to_markdown
+from fedmed.studies.recorded_baselines import BaselineRecipe, TrainedBaselines, load_recorded
 from fedmed.tasks import get_task
 
 

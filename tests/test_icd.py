@@ -33,7 +33,7 @@ from fedmed.tasks.icd import (
     encode,
     save_evidence,
 )
-from fedmed.training import TrainSettings, train_round
+from fedmed.training.loop import TrainSettings, train_round
 
 CPU = torch.device("cpu")
 SITE = "rural"

@@ -16,7 +16,7 @@ from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig, load_federation
 from fedmed.data.icd_synth import CODE_IDS
-from fedmed.explanations import COUNT, ERROR, FINAL_ROUND, FOLDER
+from fedmed.explain.outcome import COUNT, ERROR, FINAL_ROUND, FOLDER
 from fedmed.server.app import evaluate_config_fn, fit_config_fn
 from fedmed.tasks import get_task, task_names
 from fedmed.tasks.icd_minilm import (
@@ -27,7 +27,7 @@ from fedmed.tasks.icd_minilm import (
     pretrained,
     subwords,
 )
-from fedmed.training import TrainSettings, get_weights, train_round
+from fedmed.training.loop import TrainSettings, get_weights, train_round
 
 CPU = torch.device("cpu")
 SITE = "rural"

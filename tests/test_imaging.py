@@ -30,9 +30,9 @@ from fedmed.data.imaging_readers import (
 )
 from fedmed.data.imaging_synth import IMAGE_SIZE, SITES, make_site_images, simulate_site
 from fedmed.errors import ConfigError, DataError
-from fedmed.imaging_explain import save_gradcam
+from fedmed.explain.gradcam import save_gradcam
 from fedmed.tasks import get_task, task_names
-from fedmed.training import TrainSettings, train_round
+from fedmed.training.loop import TrainSettings, train_round
 
 CPU = torch.device("cpu")
 PACKS = ("imaging-cls", "imaging-seg")

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from fedmed.cli import main
-from fedmed.generalization import check_regimes, default_strategies
-from fedmed.personalisation import LocalNorms, fine_tune, norm_positions
+from fedmed.studies.fine_tuning import fine_tune
+from fedmed.studies.generalization import check_regimes, default_strategies
 from fedmed.tasks import get_task
-from fedmed.training import TrainSettings, get_weights, set_weights
+from fedmed.training.local_norms import LocalNorms, norm_positions
+from fedmed.training.loop import TrainSettings, get_weights, set_weights
 
 SITES = ["academic", "legacy"]
 

@@ -27,7 +27,7 @@ from fedmed.privacy.policy import Policy
 from fedmed.privacy.trainer import DPTrainer, poisson_schedule, validate_model
 from fedmed.server.app import fit_config_fn
 from fedmed.tasks import get_task
-from fedmed.training import TrainSettings, get_weights, train_round
+from fedmed.training.loop import TrainSettings, get_weights, train_round
 
 SITE = "switzerland"  # the smallest hospital: fastest rounds
 

@@ -11,7 +11,7 @@ import torch
 from fedmed.errors import ConfigError, DataError
 from fedmed.tasks import get_task, task_names
 from fedmed.tasks.heart import DATA_DIR, SITE_FILES, encode_features, read_site_table
-from fedmed.training import TrainSettings, get_weights, set_weights, train_round
+from fedmed.training.loop import TrainSettings, get_weights, set_weights, train_round
 
 SITE_SIZES = {"cleveland": 303, "hungary": 294, "switzerland": 123, "va": 200}
 

@@ -8,12 +8,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fedmed.baselines import run_baselines
 from fedmed.commands.run import add_run_options, federation_config
 from fedmed.outputs import write_json_atomic
 from fedmed.state import state_dir
+from fedmed.studies.baselines import run_baselines
 from fedmed.tasks import get_task
-from fedmed.training import TrainSettings
+from fedmed.training.loop import TrainSettings
 
 console = Console()
 

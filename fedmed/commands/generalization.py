@@ -13,17 +13,17 @@ from rich.console import Console
 from fedmed.commands.run import add_privacy_options, add_run_options, federation_config
 from fedmed.config import FederationConfig
 from fedmed.errors import DataError
-from fedmed.generalization import (
+from fedmed.outputs import write_json_atomic
+from fedmed.plots import plot_generalization
+from fedmed.state import state_dir
+from fedmed.studies.generalization import (
     baseline_recipe,
     default_strategies,
     study,
     summarise,
     to_markdown,
 )
-from fedmed.outputs import write_json_atomic
-from fedmed.plots import plot_generalization
-from fedmed.state import state_dir
-from fedmed.study_baselines import BaselineSource, TrainedBaselines, load_recorded
+from fedmed.studies.recorded_baselines import BaselineSource, TrainedBaselines, load_recorded
 from fedmed.tasks import get_task
 
 console = Console()

@@ -1,6 +1,6 @@
-"""DP-SGD for any task pack: Opacus's ``make_private`` as a ``fedmed.training`` loop wrapper.
+"""DP-SGD for any task pack: Opacus's ``make_private`` as a ``fedmed.training.loop`` loop wrapper.
 
-:class:`DPTrainer` plugs into :func:`fedmed.training.train_round` through its
+:class:`DPTrainer` plugs into :func:`fedmed.training.loop.train_round` through its
 ``wrap`` argument, so every pack trains privately without knowing about Opacus:
 Poisson sampling (sample rate q = 1 / batches per epoch), per-example clipping to
 ``clip_norm``, Gaussian noise σ·clip_norm on every step, flat clipping.
@@ -149,7 +149,7 @@ def _tolerate_empty_batches(optimizer: DPOptimizer) -> None:
 
     DP-SGD must still take the step — noise is added whether or not any example was
     drawn, or the absence of noise would reveal an empty draw — and
-    ``fedmed.training`` does so by calling ``step()`` without a forward pass (the
+    ``fedmed.training.loop`` does so by calling ``step()`` without a forward pass (the
     ``ew`` mode cannot run a batch of size 0). Opacus then finds no per-example
     gradients; the per-example gradients of an empty batch are an empty tensor, which
     is installed here, so clipping sums nothing and the step adds pure noise.
@@ -196,7 +196,7 @@ class DPTrainer:
     def wrap(
         self, model: nn.Module, optimizer: Optimizer, loader: DataLoader
     ) -> tuple[nn.Module, Optimizer, DataLoader]:
-        """Opacus's ``make_private`` on the loop's objects (a ``fedmed.training.LoopWrapper``)."""
+        """Opacus's ``make_private`` on the loop's objects (a training ``LoopWrapper``)."""
         validate_model(model, self.task)
         rate, _ = poisson_schedule(len(loader.dataset), loader.batch_size or 1)  # type: ignore[arg-type]
         if rate != self.sample_rate:

@@ -87,7 +87,7 @@ class TaskPack(ABC):
 
         Returns the files written (none by default: a pack without ``explanation_kind`` has
         no explainer). The files show patient data, so the node writes them into its own
-        site home on the run's last evaluation and never sends them (fedmed.explanations);
+        site home on the run's last evaluation and never sends them (fedmed.explain.outcome);
         an explainer may therefore draw raw test inputs. It must not change ``model``.
         """
         return []

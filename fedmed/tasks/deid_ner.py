@@ -96,8 +96,8 @@ from fedmed.deid.phi import Document
 from fedmed.deid.templates import CONDITIONS, EVENTS, EXAM, LABS, MEDS, PLANS, SNIPPETS, TEMPLATES
 from fedmed.deid.train import windowed_examples
 from fedmed.deid.train import word_dropout as drop_words_to_unknown
-from fedmed.deid_ner_explain import review_note, write_review
 from fedmed.errors import ConfigError, DataError
+from fedmed.explain.text_review import review_note, write_review
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays
 
@@ -382,7 +382,7 @@ class DeidNerTask(TaskPack):
 
     def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
         """The tagger's found, missed and extra PHI on the site's first test notes
-        (:mod:`fedmed.deid_ner_explain`); the files hold the notes, PHI included."""
+        (:mod:`fedmed.explain.text_review`); the files hold the notes, PHI included."""
         if not isinstance(site_data.test, NoteWindows):
             raise ConfigError("deid-ner explanations need the pack's NoteWindows")
         documents = site_data.test.documents[: self.explain_examples]

@@ -121,7 +121,7 @@ class EcgTask(TaskPack):
     default_batch_size = 32
     default_local_epochs = 2
     class_names = CLASS_NAMES
-    # The last feature map (~31 steps of 0.16 s) before pooling: what fedmed.ecg_explain draws.
+    # The last feature map (~31 steps of 0.16 s) before pooling: what ecg_saliency draws.
     gradcam_layer = last_layer_name(conv_features(BLOCKS))
     explanation_kind = "Grad-CAM saliency over the trace (PNG)"
 
@@ -162,9 +162,11 @@ class EcgTask(TaskPack):
         }
 
     def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
-        """1-D Grad-CAM over the first test windows (:func:`fedmed.ecg_explain.save_saliency`);
+        """1-D Grad-CAM over the first test windows (:mod:`fedmed.explain.ecg_saliency`);
         subclasses with another model (``ecg-lstm``) only name their ``gradcam_layer``."""
-        from fedmed.ecg_explain import save_saliency  # matplotlib/MONAI: only when explaining
+        from fedmed.explain.ecg_saliency import (
+            save_saliency,  # matplotlib/MONAI: only when explaining
+        )
 
         return save_saliency(self, model, site_data, out_dir, n=self.explain_examples)
 

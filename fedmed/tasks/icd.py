@@ -59,7 +59,7 @@ from fedmed.data.icd_synth import (
 from fedmed.data.site_folders import site_folders
 from fedmed.data.text_admission import Admission, AdmittedNote, admitted_site_notes
 from fedmed.errors import ConfigError, DataError
-from fedmed.explanations import markdown_code_span
+from fedmed.explain.outcome import markdown_code_span
 from fedmed.state import state_dir
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict

@@ -43,7 +43,7 @@ from fedmed.data.imaging_readers import IMAGES_DIR, read_segmentation_folder
 from fedmed.data.imaging_synth import IMAGE_SIZE, SiteImages
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, predict
-from fedmed.tasks.imaging_cls import ImagingPack
+from fedmed.tasks.imaging_pack import ImagingPack
 
 CHANNELS = (8, 16, 32)
 STRIDES = (2, 2)
@@ -125,6 +125,6 @@ class ImagingSegmentationTask(ImagingPack):
     def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
         """Predicted vs true masks over the first test images (a U-Net's output is its own map:
         where it draws the mask is what it found; no saliency method needed)."""
-        from fedmed.imaging_explain import save_mask_overlays  # matplotlib: only when explaining
+        from fedmed.explain.gradcam import save_mask_overlays  # matplotlib: only when explaining
 
         return save_mask_overlays(model, site_data, out_dir, n=self.explain_examples)

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedmed.baselines import run_baselines, train_model
 from fedmed.device import pick_device
 from fedmed.errors import ConfigError, DataError
+from fedmed.studies.baselines import run_baselines, train_model
 from fedmed.tasks import TaskPack
-from fedmed.training import TrainSettings
+from fedmed.training.loop import TrainSettings
 
 Scores = dict[str, dict[str, float]]
 POOLED = "pooled"
@@ -85,7 +85,7 @@ class BaselineSource(Protocol):
 
 @dataclass(frozen=True)
 class TrainedBaselines:
-    """Baselines trained here and now (``fedmed.baselines``).
+    """Baselines trained here and now (``fedmed.studies.baselines``).
 
     A held-out site's local-mean row needs no training: the other sites' local models are
     the ones :meth:`all_sites` trained (same recipe and seed, so the same models) and

@@ -10,7 +10,7 @@ tagger's PHI probability (deid's span score: the mean marginal PHI probability o
 tokens). The note itself is written out with the spans marked in place.
 
 The files hold the site's raw notes, PHI included: like every explanation they are written
-into the site home and never sent (:mod:`fedmed.explanations`).
+into the site home and never sent (:mod:`fedmed.explain.outcome`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from fedmed.deid.evaluate import leaked
 from fedmed.deid.phi import Document, Span
-from fedmed.explanations import markdown_code_span
+from fedmed.explain.outcome import markdown_code_span
 
 
 def review_note(doc: Document, predicted: Sequence[Span]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ site and scored on that site's test split, beside the mean of the other sites' l
 models (the all-sites ones, which never saw it either). Means and
 standard deviations over seeds go into a JSON document and a Markdown table.
 
-Two personalised regimes (``fedmed.personalisation``) score each site with *its own*
+Two personalised regimes (``fedmed.training.local_norms``) score each site with *its own*
 model, so their row holds one site-specific model per column: ``local-norm`` (a
 FedAvg federation whose sites keep their normalisation layers) and ``fine-tuned``
 (the FedAvg model trained a few more epochs at each site). Leave-one-site-out adds
@@ -31,12 +31,13 @@ from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig
 from fedmed.device import pick_device
 from fedmed.errors import ConfigError
-from fedmed.personalisation import fine_tune, norm_positions
 from fedmed.privacy.policy import DEFAULT_EPSILON, Policy
 from fedmed.simulation import run_simulation
-from fedmed.study_baselines import BaselineRecipe, BaselineSource, mean_std
+from fedmed.studies.fine_tuning import fine_tune
+from fedmed.studies.recorded_baselines import BaselineRecipe, BaselineSource, mean_std
 from fedmed.tasks import SiteData, TaskPack, get_task
-from fedmed.training import TrainSettings, get_weights
+from fedmed.training.local_norms import norm_positions
+from fedmed.training.loop import TrainSettings, get_weights
 
 Scores = dict[str, dict[str, float]]
 LOCAL_NORM = "local-norm"  # a pseudo-strategy: FedAvg with normalisation layers kept local
@@ -135,7 +136,7 @@ def study(
     """Run the whole study; raw per-seed scores, keyed by regime.
 
     ``baselines`` gives the local-only and pooled rows (trained now, or recorded by an
-    earlier study: ``fedmed.study_baselines``). ``strategies`` may include
+    earlier study: ``fedmed.studies.recorded_baselines``). ``strategies`` may include
     ``local-norm``; ``fine_tune_epochs`` > 0 adds the ``fine-tuned`` regime (it needs
     ``fedavg`` among the strategies). ``on_seed_done`` receives the scores so far after
     every seed, so a study of an hour that is interrupted keeps every finished seed.

@@ -10,7 +10,8 @@ can delete — everything drawn from it.
 
 When: on the run's last evaluation. The coordinator marks it in the evaluate config
 (:data:`FINAL_ROUND`, with ``run-id``); the node then calls the task pack's
-:meth:`~fedmed.tasks.base.TaskPack.explain` on the model it has just scored.
+:meth:`~fedmed.tasks.base.TaskPack.explain` on the model it has just scored
+(:mod:`fedmed.clients.explanations`).
 
 What travels back: non-patient metadata only, in the evaluate reply's metrics —
 :data:`COUNT` (files written), :data:`FOLDER` (where the site holds them, a path on the
@@ -27,14 +28,9 @@ coordinator records it as an event and in the report.
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch import nn
-
-from fedmed.tasks.base import SiteData, TaskPack
 
 # Evaluate config key (coordinator → node): this evaluation is the run's last.
 FINAL_ROUND = "final-round"
@@ -49,9 +45,6 @@ RUNS_DIR = "runs"
 EXPLANATIONS_DIR = "explanations"
 MAX_ERROR_CHARS = 300  # the error travels in a metric: type and message, not a traceback
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-logger = logging.getLogger(__name__)
-
 
 def markdown_code_span(text: str) -> str:
     """``text`` safe inside a Markdown code span: one line, no backticks (explanation files
@@ -95,28 +88,3 @@ class ExplanationOutcome:
             metrics[ERROR] = self.error[:MAX_ERROR_CHARS]
         return metrics
 
-
-def write_explanations(
-    pack: TaskPack, model: nn.Module, site_data: SiteData, out_dir: Path
-) -> ExplanationOutcome:
-    """Run ``pack.explain`` into ``out_dir``; an exception or an empty result becomes the error.
-
-    Catching here (not in the pack) keeps every pack's explainer simple and makes the
-    failure rule the same for all: logged with its traceback, reported, never fatal to the
-    evaluation it follows.
-    """
-    out_dir = Path(out_dir)
-    try:
-        files = tuple(Path(f) for f in pack.explain(model, site_data, out_dir))
-    except Exception as exc:  # any explainer bug: report it, keep the site's scores
-        logger.exception("site %s: the %s explainer failed", site_data.site, pack.name)
-        return ExplanationOutcome.failed(out_dir, exc)
-    empty = [f.name for f in files if not f.is_file() or f.stat().st_size == 0]
-    if empty:
-        error = f"the {pack.name} explainer left missing or empty files: {', '.join(empty)}"
-    elif not files and pack.explanation_kind:
-        error = f"the {pack.name} explainer wrote no files (no test examples?)"
-    else:
-        return ExplanationOutcome(out_dir, files)
-    logger.error("site %s: %s", site_data.site, error)
-    return ExplanationOutcome(out_dir, files, error)

@@ -5,8 +5,8 @@ recording drove the call — the irregular RR intervals, a run of fast beats, an
 Grad-CAM (Selvaraju et al., 2017) weights the last convolutional feature map by the gradient
 of the predicted class's logit; MONAI's :class:`monai.visualize.GradCAM` handles 1-D
 convolutions as they are (its up-sampler picks linear interpolation for one spatial
-dimension), so it is used here as for images (:mod:`fedmed.imaging_explain`), with that
-module's :func:`~fedmed.imaging_explain.unit_range` post-processing instead of MONAI's
+dimension), so it is used here as for images (:mod:`fedmed.explain.gradcam`), with that
+module's :func:`~fedmed.explain.gradcam.unit_range` post-processing instead of MONAI's
 default, which would draw the most important samples coldest.
 
 The explained layer is the pack's ``gradcam_layer`` (``ecg``: the CNN's last feature map;
@@ -28,7 +28,7 @@ from torch import nn
 
 from fedmed.data.ecg_readers import COMMON_RATE
 from fedmed.errors import ConfigError
-from fedmed.imaging_explain import unit_range
+from fedmed.explain.gradcam import unit_range
 from fedmed.tasks.base import SiteData, TaskPack
 
 SALIENCY_ALPHA = 0.35

@@ -1,7 +1,8 @@
-"""Personalisation: what a site keeps for itself on top of the federated model.
+"""Local normalisation layers: what a site keeps for itself on top of the federated model.
 
-Two answers to domain shift (one scanner, ECG cart or note template per hospital),
-both measured by ``fedmed generalization`` (docs/results.md):
+One of two answers to domain shift (one scanner, ECG cart or note template per hospital),
+both measured by ``fedmed generalization`` (docs/results.md); the other, local fine-tuning,
+is :mod:`fedmed.studies.fine_tuning`.
 
 * **Local normalisation layers** (FedBN, Li et al., ICLR 2021). The affine parameters
   of every normalisation layer stay at the site: the node puts its own values back
@@ -11,9 +12,6 @@ both measured by ``fedmed generalization`` (docs/results.md):
   this works with and without DP. The site still *sends* these entries: SecAgg+ needs
   the same vector from every node, and their average is the starting point of a site
   that joins later. They are trained under the same DP-SGD as every other weight.
-* **Local fine-tuning**: after the federation a site trains the final model a few
-  more epochs on its own training split. The fine-tuned model never leaves the site
-  (like a local-only model it is not a release, so it spends no ε).
 """
 
 from __future__ import annotations
@@ -22,15 +20,11 @@ import hashlib
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
-
-from fedmed.tasks import SiteData, TaskPack
-from fedmed.training import TrainSettings, set_weights, train_round
 
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 PERSONAL_DIR = "personal"
@@ -91,17 +85,3 @@ class LocalNorms:
         partial.write_bytes(buffer.getvalue())
         os.replace(partial, self.path)
 
-
-def fine_tune(
-    pack: TaskPack,
-    weights: Sequence[np.ndarray],
-    data: SiteData,
-    epochs: int,
-    settings: TrainSettings,
-    device: torch.device,
-) -> nn.Module:
-    """The federated model trained ``epochs`` more epochs on the site's own training split."""
-    model = pack.build_model()
-    set_weights(model, weights)
-    train_round(pack, model, data.train, replace(settings, local_epochs=epochs), device)
-    return model

@@ -19,7 +19,7 @@ from torch.utils.data import ConcatDataset
 from fedmed.device import pick_device
 from fedmed.outputs import mean_over_sites
 from fedmed.tasks import SiteData, TaskPack
-from fedmed.training import TrainSettings, train_round
+from fedmed.training.loop import TrainSettings, train_round
 
 Scores = dict[str, dict[str, float]]
 
