@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedmed.audit import AuditError, AuditLog, verify_log, verify_tree
-from fedmed.audit.log import head_path
+from fedmed.audit.entries import head_path
 from fedmed.cli import main
 
 PAYLOADS = [

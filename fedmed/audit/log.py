@@ -24,8 +24,6 @@ de-identification gate's batch reports; any caller may add kinds via
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -35,37 +33,18 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedmed.audit.entries import (
+    ENTRY_DOMAIN,
+    GENESIS,
+    canonical,
+    entry_hash,
+    head_message,
+    head_path,
+    pub_path,
+)
 from fedmed.audit.keys import AuditError, fingerprint, load_or_create_key, public_pem
+from fedmed.audit.verify import verify_log
 from fedmed.outputs import fsync_folder, json_safe, write_bytes_durable
-
-GENESIS = "0" * 64
-ENTRY_DOMAIN = b"fedmed-audit-entry\n"
-HEAD_DOMAIN = b"fedmed-audit-head\n"
-ENTRY_KEYS = ("hash", "kind", "payload", "prev", "seq", "sig", "time")
-
-
-def canonical(document: Mapping[str, Any]) -> str:
-    """The one JSON text of ``document``: sorted keys, no whitespace, ASCII, no NaN."""
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
-
-
-def entry_hash(seq: int, when: str, kind: str, payload: Mapping[str, Any], prev: str) -> str:
-    body = {"seq": seq, "time": when, "kind": kind, "payload": payload, "prev": prev}
-    return hashlib.sha256(canonical(body).encode("ascii")).hexdigest()
-
-
-def head_message(seq: int, digest: str) -> bytes:
-    return HEAD_DOMAIN + canonical({"seq": seq, "hash": digest}).encode("ascii")
-
-
-def pub_path(log_path: Path) -> Path:
-    return Path(f"{log_path}.pub")
-
-
-def head_path(log_path: Path) -> Path:
-    return Path(f"{log_path}.head")
 
 
 @dataclass(frozen=True)
@@ -94,8 +73,6 @@ class AuditLog:
     @classmethod
     def open(cls, path: Path, key_folder: Path, party: str) -> AuditLog:
         """Open (or start) the log at ``path`` signed with the key kept in ``key_folder``."""
-        from fedmed.audit.verify import verify_log
-
         path = Path(path)
         key = load_or_create_key(key_folder)
         pem = public_pem(key.public_key())

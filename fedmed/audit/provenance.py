@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import fedmed
-from fedmed.audit.log import canonical
+from fedmed.audit.entries import canonical
 from fedmed.outputs import json_safe
 
 SOURCE_PACKAGES = ("fedmed", "fedmed.clients", "fedmed.server", "fedmed.deid")

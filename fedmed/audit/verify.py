@@ -27,8 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fedmed.audit.keys import AuditError, fingerprint, load_public_key, signature_valid
-from fedmed.audit.log import (
+from fedmed.audit.entries import (
     ENTRY_DOMAIN,
     ENTRY_KEYS,
     GENESIS,
@@ -38,6 +37,7 @@ from fedmed.audit.log import (
     head_path,
     pub_path,
 )
+from fedmed.audit.keys import AuditError, fingerprint, load_public_key, signature_valid
 
 HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
 HEX_HASH = re.compile(r"[0-9a-f]{64}")
