@@ -6,20 +6,34 @@ A federation folder (``examples/<name>/pyproject.toml``) holds its settings unde
 from the command line. Both the coordinator and the node parse the same mapping
 with :meth:`FederationConfig.from_run_config`, so they can never disagree on a
 default.
+
+The aggregation strategies a federation may name are registered here too
+(:func:`register_strategy`, in the style of Opacus's accountant registry): the CLI's
+``--strategy`` choices, :meth:`FederationConfig.validate` and the coordinator's
+``fedmed.server.strategies.build_strategy`` all read the one registry. It lives at
+this low layer, not in ``fedmed.server``, because every process validates its
+config (the CLI before anything starts, the coordinator, each node) and only the
+coordinator imports the server package; the builders import Flower lazily, so a
+node's ClientApp does not pay for Flower's strategies.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedmed.errors import ConfigError
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedtrimmedavg", "fedmedian")
-ConfigValue = bool | int | float | str
+if TYPE_CHECKING:
+    from flwr.server.strategy import Strategy
+
+# A value of a run config, a fit/evaluate config or a node's reply metrics (what Flower's
+# legacy NumPyClient and run config carry); the one definition fedmed uses.
+Scalar = bool | int | float | str
+ConfigValue = Scalar
 
 
 @dataclass(frozen=True)
@@ -92,10 +106,7 @@ class FederationConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid value."""
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(
-                f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"
-            )
+        get_strategy(self.strategy)  # ConfigError naming the registered ones
         if self.num_server_rounds < 1:
             raise ConfigError(f"num-server-rounds must be >= 1, got {self.num_server_rounds}")
         for name in ("fraction_train", "fraction_evaluate"):
@@ -133,10 +144,12 @@ class FederationConfig:
                 "client-dp clips each site's update at the coordinator, which SecAgg+ never "
                 "shows it; turn off secagg or client-dp (sample-level dp works with secagg)"
             )
-        if self.strategy in ("fedtrimmedavg", "fedmedian"):
+        if get_strategy(self.strategy).sees_each_update:
+            *others, last = (name for name in strategy_names()
+                             if not get_strategy(name).sees_each_update)  # fmt: skip
             raise ConfigError(
                 f"{self.strategy} needs each site's update, which SecAgg+ hides from the "
-                "coordinator; choose fedavg, fedprox, fedadam or fedyogi, or set secagg = false"
+                f"coordinator; choose {', '.join(others)} or {last}, or set secagg = false"
             )
         shares, threshold = self.secagg_num_shares, self.secagg_threshold
         if not (0 < shares <= 1 or (shares >= 3 and shares == int(shares))):
@@ -211,3 +224,108 @@ def load_federation(folder: Path) -> dict[str, ConfigValue]:
         raise ConfigError(f"{pyproject}: no [tool.flwr.app.config] section") from None
     config.setdefault("federation", Path(folder).resolve().name)
     return config
+
+
+# Aggregation strategies ---------------------------------------------------------------
+
+# Builds the Flower strategy of a config from ``common``: the keyword arguments every
+# Flower strategy takes (fractions, minimum nodes, config functions, initial parameters),
+# filled in by fedmed.server.strategies.build_strategy.
+StrategyBuilder = Callable[[FederationConfig, dict[str, Any]], "Strategy"]
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """One registered aggregation strategy.
+
+    ``sees_each_update``: the strategy needs each site's update (a trimmed mean, a
+    median), which SecAgg+ hides from the coordinator, so a secagg run refuses it.
+    """
+
+    name: str
+    build: StrategyBuilder
+    sees_each_update: bool = False
+
+
+_STRATEGIES: dict[str, StrategySpec] = {}
+
+
+def register_strategy(
+    name: str, *, sees_each_update: bool = False
+) -> Callable[[StrategyBuilder], StrategyBuilder]:
+    """Register the decorated builder under ``name`` (the ``strategy`` setting's value).
+
+    A builder takes the federation's config and the common Flower keyword arguments and
+    returns a Flower legacy strategy (the kind SecAgg+ plugs into). Registering a name
+    twice is a programming error (ValueError), so a plug-in cannot silently replace one.
+    """
+
+    def decorator(build: StrategyBuilder) -> StrategyBuilder:
+        if name in _STRATEGIES:
+            raise ValueError(f"strategy {name!r} is already registered")
+        _STRATEGIES[name] = StrategySpec(name, build, sees_each_update)
+        return build
+
+    return decorator
+
+
+def strategy_names() -> tuple[str, ...]:
+    """The registered strategy names, in registration order (the CLI's choices)."""
+    return tuple(_STRATEGIES)
+
+
+def get_strategy(name: str) -> StrategySpec:
+    """The strategy registered as ``name``; ConfigError naming the known ones otherwise."""
+    try:
+        return _STRATEGIES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown strategy {name!r}; expected one of {', '.join(_STRATEGIES)}"
+        ) from None
+
+
+# Flower's own implementations (FedAvg, McMahan 2017; FedProx, Li 2020; FedAdam/FedYogi,
+# Reddi 2021; FedTrimmedAvg, Yin 2018; FedMedian). Flower is imported when a strategy is
+# built, which only the coordinator does.
+
+
+@register_strategy("fedavg")
+def _fedavg(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    from flwr.server.strategy import FedAvg
+
+    return FedAvg(**common)
+
+
+@register_strategy("fedprox")
+def _fedprox(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    from flwr.server.strategy import FedProx
+
+    return FedProx(**common, proximal_mu=config.proximal_mu)
+
+
+@register_strategy("fedadam")
+def _fedadam(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    from flwr.server.strategy import FedAdam
+
+    return FedAdam(**common, eta=config.server_lr, eta_l=config.lr or 0.1)
+
+
+@register_strategy("fedyogi")
+def _fedyogi(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    from flwr.server.strategy import FedYogi
+
+    return FedYogi(**common, eta=config.server_lr, eta_l=config.lr or 0.1)
+
+
+@register_strategy("fedtrimmedavg", sees_each_update=True)
+def _fedtrimmedavg(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    from flwr.server.strategy import FedTrimmedAvg
+
+    return FedTrimmedAvg(**common, beta=0.2)
+
+
+@register_strategy("fedmedian", sees_each_update=True)
+def _fedmedian(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    from flwr.server.strategy import FedMedian
+
+    return FedMedian(**common)

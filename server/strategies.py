@@ -1,9 +1,13 @@
-"""Flower's aggregation strategies, chosen by name from the federation config.
+"""The coordinator's aggregation strategy, built by name from the federation config.
 
-Flower's own implementations are used (FedAvg, McMahan 2017; FedProx, Li 2020;
-FedAdam/FedYogi, Reddi 2021; FedTrimmedAvg, Yin 2018; FedMedian). They are the
-legacy strategies that Flower 1.42 still supports and that its SecAgg+ workflow
-requires, so one server code path serves plain and secure aggregation.
+The names and their builders are registered in :mod:`fedmed.config`
+(:func:`~fedmed.config.register_strategy`; FedAvg, FedProx, FedAdam, FedYogi,
+FedTrimmedAvg and FedMedian are built in): the registry sits at that low layer
+because every process validates the ``strategy`` setting, and only the coordinator
+imports this package. Here the registered builder gets the keyword arguments every
+Flower strategy takes. All are Flower legacy strategies, the ones that Flower 1.42
+still supports and that its SecAgg+ workflow requires, so one server code path serves
+plain and secure aggregation.
 
 With ``client-dp = true`` the chosen strategy is wrapped in :class:`ClientLevelDP`:
 Flower's ``DifferentialPrivacyServerSideFixedClipping`` (central DP, McMahan et al.
@@ -16,19 +20,9 @@ from collections.abc import Callable
 
 from flwr.common import FitRes, Parameters, Scalar
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import (
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAdam,
-    FedAvg,
-    FedMedian,
-    FedProx,
-    FedTrimmedAvg,
-    FedYogi,
-    Strategy,
-)
+from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
-from fedmed.config import FederationConfig
-from fedmed.errors import ConfigError
+from fedmed.config import FederationConfig, get_strategy
 from fedmed.privacy.client_level import ClientLevelAccountant
 
 FitConfigFn = Callable[[int], dict[str, Scalar]]
@@ -103,7 +97,7 @@ def _aggregation_strategy(
     on_fit_config_fn: FitConfigFn,
     on_evaluate_config_fn: FitConfigFn | None,
 ) -> Strategy:
-    """The Flower strategy named by ``config.strategy``, sized for ``num_sites`` nodes."""
+    """The registered strategy named by ``config.strategy``, sized for ``num_sites`` nodes."""
     min_nodes = min(config.min_nodes, num_sites)
     common = dict(
         fraction_fit=config.fraction_train,
@@ -116,17 +110,4 @@ def _aggregation_strategy(
         accept_failures=True,
         initial_parameters=initial_parameters,
     )
-    name = config.strategy
-    if name == "fedavg":
-        return FedAvg(**common)
-    if name == "fedprox":
-        return FedProx(**common, proximal_mu=config.proximal_mu)
-    if name == "fedadam":
-        return FedAdam(**common, eta=config.server_lr, eta_l=config.lr or 0.1)
-    if name == "fedyogi":
-        return FedYogi(**common, eta=config.server_lr, eta_l=config.lr or 0.1)
-    if name == "fedtrimmedavg":
-        return FedTrimmedAvg(**common, beta=0.2)
-    if name == "fedmedian":
-        return FedMedian(**common)
-    raise ConfigError(f"unknown strategy {name!r}")
+    return get_strategy(config.strategy).build(config, common)

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmed.commands.deploy import add_coordinator_options
-from fedmed.config import STRATEGIES, FederationConfig, load_federation
+from fedmed.config import FederationConfig, load_federation, strategy_names
 from fedmed.errors import ConfigError
 from fedmed.server.progress import results_table
 from fedmed.server.run_report import REPORT_FILE
@@ -37,7 +37,7 @@ console = Console()
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="run directory (default: .fedmed/runs/...)")
     parser.add_argument("--rounds", type=int, help="number of federated rounds")
-    parser.add_argument("--strategy", choices=STRATEGIES, help="aggregation strategy")
+    parser.add_argument("--strategy", choices=strategy_names(), help="aggregation strategy")
     parser.add_argument("--seed", type=int, help="training seed")
     parser.add_argument("--sites-home", type=Path, help="folder holding the simulated site homes")
     parser.add_argument(
