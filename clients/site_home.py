@@ -38,7 +38,7 @@ from fedmed.config import FederationConfig
 from fedmed.errors import PrivacyRefusal
 from fedmed.privacy.ledger import LEDGER_FILE, Ledger
 from fedmed.privacy.policy import POLICY_FILE, Policy, load_policy
-from fedmed.state import state_root
+from fedmed.state import site_home_path
 
 AUDIT_FILE = "audit.jsonl"
 KEYS_DIR = "keys"
@@ -49,7 +49,7 @@ def default_site_home(config: FederationConfig, site: str) -> Path:
     """Where a simulated site keeps its home (see the module docstring)."""
     if config.sites_home:
         return Path(config.sites_home) / site
-    return state_root() / "sites" / config.federation / site
+    return site_home_path(config.federation, site)
 
 
 class SiteHome:

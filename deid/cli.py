@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from fedmed.errors import ConfigError, DataError
+from fedmed.state import site_home_path
 
-DEFAULT_SITE_HOME = Path(".fedmed") / "sites" / "local" / "site"
+# The site home of a stand-alone scrub: <state>/sites/local/site.
+LOCAL_SITE = ("local", "site")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
@@ -39,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scrub", help="write de-identified copies (text, CSV, i2b2 XML, DICOM)")
     p.add_argument("input", type=Path, help="file or folder")
     p.add_argument("output", type=Path, help="file (for a file input) or folder")
-    p.add_argument("--site-home", type=Path, default=DEFAULT_SITE_HOME,
-                   help=f"site home holding the de-id secret and quarantine "
-                        f"(default {DEFAULT_SITE_HOME})")
+    p.add_argument("--site-home", type=Path, default=None,
+                   help="site home holding the de-id secret and quarantine (default "
+                        "<state>/sites/local/site; the state folder is $FEDMED_STATE or .fedmed)")
     p.add_argument("--mode", choices=("surrogate", "redact"), default=None)
     p.add_argument("--column", default="text", help="text column/field for CSV/JSONL input")
     _detector_options(p)
@@ -123,7 +125,8 @@ def cmd_scrub(args: argparse.Namespace) -> int:
     if not args.input.exists():
         raise DataError(f"{args.input}: no such file or folder")
     config = _config(args)
-    gate = Gate(args.site_home, config)
+    site_home = args.site_home or site_home_path(*LOCAL_SITE)
+    gate = Gate(site_home, config)
     if args.input.is_dir():
         pairs = [(f, args.output / f.relative_to(args.input))
                  for f in sorted(args.input.rglob("*")) if f.is_file()]
@@ -134,7 +137,7 @@ def cmd_scrub(args: argparse.Namespace) -> int:
         dst.parent.mkdir(parents=True, exist_ok=True)
         quarantined += _scrub_file(gate, src, dst, args.column)
     print(f"scrubbed {len(pairs)} file(s) into {args.output}; {quarantined} item(s) "
-          f"quarantined under {args.site_home / 'quarantine'}", file=sys.stderr)
+          f"quarantined under {site_home / 'quarantine'}", file=sys.stderr)
     return 2 if quarantined else 0
 
 

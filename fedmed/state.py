@@ -1,7 +1,7 @@
 """The one git-ignored folder where fedmed keeps runtime state.
 
-Flower's home, Ray's temporary files, simulated site homes and default run
-directories all live under it, so nothing lands in the user's home directory by
+Flower's home, Ray's temporary files, site homes (``sites/<federation>/<site>``) and
+default run directories all live under it, so nothing lands in the user's home directory by
 surprise. ``FEDMED_STATE`` overrides the default ``./.fedmed``.
 """
 
@@ -30,6 +30,17 @@ def state_dir(*parts: str) -> Path:
     path = state_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def sites_home_path(federation: str) -> Path:
+    """``<state>/sites/<federation>``: where a federation's site homes live by default."""
+    return state_root() / "sites" / federation
+
+
+def site_home_path(federation: str, site: str) -> Path:
+    """``<state>/sites/<federation>/<site>``: a site's home by default (simulated sites,
+    ``fedmed node start``, ``fedmed deid scrub``)."""
+    return sites_home_path(federation) / site
 
 
 def prepare_flower_environment() -> None:
