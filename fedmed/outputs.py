@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 CHECKPOINTS_KEPT = 3
+# Per-site scores of one model: {site: {metric: value}} (``final.per_site`` of metrics.json).
+Scores = dict[str, dict[str, float]]
 
 
 def seconds_per_round(document: Mapping[str, Any]) -> float:
@@ -58,6 +60,15 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         return json_safe(value.item())
     return value
+
+
+def format_epsilon(value: float | None, missing: str = "unbounded") -> str:
+    """ε as fedmed prints it: three decimals, ``unbounded`` for ∞ (a budget of ``inf``, or
+    a release without DP noise). ``None`` is ``missing``: by default ``unbounded`` too,
+    since :func:`json_safe` writes ∞ as null."""
+    if value is None:
+        return missing
+    return "unbounded" if math.isinf(float(value)) else f"{value:.3f}"
 
 
 

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedmed.outputs import format_epsilon
+
 REPORT_FILE = "report.md"
 COMPLIANCE_REPORT = "report.html"  # written by `fedmed run` / `fedmed audit report`
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
@@ -106,7 +108,8 @@ def _privacy(document: Mapping[str, Any]) -> list[str]:
              "|---|---:|---:|---:|---:|"]
     for site, summary in sorted(privacy.items()):
         lines.append(
-            f"| {site} | {_number(summary.get('epsilon'))} | {summary.get('delta', 'n/a')} | "
+            f"| {site} | {format_epsilon(summary.get('epsilon'), missing='n/a')} | "
+            f"{summary.get('delta', 'n/a')} | "
             f"{summary.get('rounds_joined', 0)} | {summary.get('rounds_refused', 0)} |"
         )
     return [*lines, ""]

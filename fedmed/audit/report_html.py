@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedmed.audit.report import gather  # noqa: E402
-from fedmed.outputs import json_safe  # noqa: E402
+from fedmed.outputs import format_epsilon, json_safe  # noqa: E402
 
 EXPLANATION = """
 <p><b>What ε (epsilon) means.</b> Each hospital trains the shared model on its own patients
@@ -77,12 +77,6 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _eps(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isinf(value)):
-        return "unbounded"
-    return f"{value:.3f}"
-
-
 def _budget(policy: Mapping[str, Any] | None) -> float:
     if not policy:
         return math.nan
@@ -132,8 +126,8 @@ def _summary(sites: Sequence[Mapping[str, Any]]) -> str:
             else "<span class='pill bad'>problem</span>"
         )
         rows.append(
-            f"<tr><td>{_e(site['site'])}</td><td class='num'>{_eps(budget)}</td>"
-            f"<td class='num'>{_eps(spent)}</td><td class='num'>{used}</td>"
+            f"<tr><td>{_e(site['site'])}</td><td class='num'>{format_epsilon(budget)}</td>"
+            f"<td class='num'>{format_epsilon(spent)}</td><td class='num'>{used}</td>"
             f"<td class='num'>{(site.get('policy') or {}).get('delta', '–')}</td>"
             f"<td class='num'>{site['rounds_joined']}</td>"
             f"<td class='num'>{site['rounds_refused']}</td><td>{status}</td></tr>"
@@ -160,7 +154,7 @@ def _site_section(site: Mapping[str, Any]) -> str:
         allowed = ", ".join(policy["allowed_tasks"])
         parts.append(
             "<h3>Policy in force</h3><table>"
-            f"<tr><th>Lifetime ε budget</th><td>{_eps(_budget(policy))}</td></tr>"
+            f"<tr><th>Lifetime ε budget</th><td>{format_epsilon(_budget(policy))}</td></tr>"
             f"<tr><th>δ</th><td>{policy['delta']}</td></tr>"
             f"<tr><th>Minimum noise multiplier σ</th><td>{policy['min_noise_multiplier']}</td></tr>"
             f"<tr><th>Allowed tasks</th><td>{_e(allowed)}</td></tr>"
@@ -199,12 +193,12 @@ def _releases_table(releases: Sequence[Mapping[str, Any]]) -> str:
     summary = "".join(
         f"<tr><td><code>{_e(run)}</code></td><td>{_e(rows[0]['task'])}</td>"
         f"<td class='num'>{len(rows)}</td>{_mechanism_cells(rows[0])}"
-        f"<td class='num'>{_eps(rows[-1]['epsilon_after'])}</td></tr>"
+        f"<td class='num'>{format_epsilon(rows[-1]['epsilon_after'])}</td></tr>"
         for run, rows in runs.items()
     )
     every = "".join(
         f"<tr><td><code>{_e(r['run'])}</code></td><td class='num'>{r['round']}</td>"
-        f"{_mechanism_cells(r)}<td class='num'>{_eps(r['epsilon_after'])}</td>"
+        f"{_mechanism_cells(r)}<td class='num'>{format_epsilon(r['epsilon_after'])}</td>"
         f"<td><code>{_e(r['dataset'][:12])}</code></td></tr>"
         for r in releases
     )
@@ -293,7 +287,8 @@ def _coordinator_section(coordinators: Sequence[Mapping[str, Any]]) -> str:
         if client:
             parts.append(
                 "<p>Client-level DP at the coordinator (protects each hospital's whole "
-                f"contribution): ε = {_eps(client.get('epsilon'))} at δ = {client.get('delta')}, "
+                f"contribution): ε = {format_epsilon(client.get('epsilon'))} "
+                f"at δ = {client.get('delta')}, "
                 f"noise multiplier {client.get('noise_multiplier')}.</p>"
             )
     return "".join(parts)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmed.errors import PrivacyRefusal
-from fedmed.outputs import json_safe
+from fedmed.outputs import format_epsilon, json_safe
 from fedmed.privacy.ledger import LEDGER_FILE, Ledger
 from fedmed.privacy.policy import POLICY_FILE, load_policy
 
@@ -43,10 +42,6 @@ def ledger_document(site_home: Path) -> dict[str, Any]:
     )
 
 
-def _fmt(value: float | None) -> str:
-    return "unbounded" if value is None or math.isinf(value) else f"{value:.3f}"
-
-
 def cmd_ledger_show(args: argparse.Namespace) -> int:
     document = ledger_document(args.site_home)
     if args.json:
@@ -59,11 +54,12 @@ def cmd_ledger_show(args: argparse.Namespace) -> int:
     for r in document["releases"]:
         table.add_row(
             r["run"], str(r["round"]), f"{r['noise_multiplier']:.3f}", f"{r['sample_rate']:.4f}",
-            str(r["steps"]), f"{r['delta']:g}", r["accountant"], _fmt(r["epsilon_after"]),
+            str(r["steps"]), f"{r['delta']:g}", r["accountant"], format_epsilon(r["epsilon_after"]),
         )
     console.print(table)
     console.print(
-        f"spent ε = [bold]{_fmt(spent)}[/bold] of budget {_fmt(budget['epsilon'])} "
+        f"spent ε = [bold]{format_epsilon(spent)}[/bold] "
+        f"of budget {format_epsilon(budget['epsilon'])} "
         f"at δ = {budget['delta']:g} ({len(document['releases'])} releases)"
     )
     return 0

@@ -17,11 +17,9 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from fedmed.device import pick_device
-from fedmed.outputs import mean_over_sites
+from fedmed.outputs import Scores, mean_over_sites
 from fedmed.tasks import SiteData, TaskPack
 from fedmed.training.loop import TrainSettings, train_round
-
-Scores = dict[str, dict[str, float]]
 
 
 @dataclass(frozen=True)

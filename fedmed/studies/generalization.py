@@ -31,6 +31,7 @@ from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig
 from fedmed.device import pick_device
 from fedmed.errors import ConfigError
+from fedmed.outputs import Scores
 from fedmed.privacy.policy import DEFAULT_EPSILON, Policy
 from fedmed.simulation import run_simulation
 from fedmed.studies.fine_tuning import fine_tune
@@ -39,19 +40,8 @@ from fedmed.tasks import SiteData, TaskPack, get_task
 from fedmed.training.local_norms import norm_positions
 from fedmed.training.loop import TrainSettings, get_weights
 
-Scores = dict[str, dict[str, float]]
 LOCAL_NORM = "local-norm"  # a pseudo-strategy: FedAvg with normalisation layers kept local
 FINE_TUNED = "fine-tuned"
-
-
-def local_settings(config: FederationConfig, pack: TaskPack, seed: int) -> TrainSettings:
-    return TrainSettings(
-        local_epochs=config.local_epochs or pack.default_local_epochs,
-        batch_size=config.batch_size or pack.default_batch_size,
-        lr=config.lr or pack.default_lr,
-        momentum=config.momentum,
-        seed=seed,
-    )
 
 
 def study_site_homes(config: FederationConfig, homes: Path) -> None:
@@ -111,7 +101,7 @@ def fine_tuned_scores(
 def baseline_recipe(config: FederationConfig, pack: TaskPack) -> BaselineRecipe:
     """How this study's local-only and pooled models train: as long as a federation, alone."""
     data_dir = Path(config.data_dir) if config.data_dir else None
-    settings = local_settings(config, pack, config.seed)
+    settings = TrainSettings.for_pack(config, pack, seed=config.seed)
     return BaselineRecipe(
         task=config.task,
         sites=tuple(config.site_list(pack.site_names(data_dir))),
@@ -149,7 +139,7 @@ def study(
     raw: dict[str, Any] = {"all_sites": {}, "leave_one_out": {}}
     for seed in seeds:
         seeded = replace(config, seed=seed)
-        settings = local_settings(config, pack, seed)
+        settings = TrainSettings.for_pack(config, pack, seed=seed)
         runs = baselines.all_sites(seed)
         for strategy in strategies:
             scores, run_dir = federated_scores(
@@ -182,7 +172,7 @@ def leave_one_out(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """For each held-out site: FedAvg, pooled and local-only models trained without it."""
     result: dict[str, dict[str, dict[str, float]]] = {}
-    settings = local_settings(config, pack, config.seed)
+    settings = TrainSettings.for_pack(config, pack, seed=config.seed)
     for held in sites:
         others = [s for s in sites if s != held]
         _, run_dir = federated_scores(

@@ -24,11 +24,11 @@ from typing import Any, Protocol
 
 from fedmed.device import pick_device
 from fedmed.errors import ConfigError, DataError
+from fedmed.outputs import Scores
 from fedmed.studies.baselines import run_baselines, train_model
 from fedmed.tasks import TaskPack
 from fedmed.training.loop import TrainSettings
 
-Scores = dict[str, dict[str, float]]
 POOLED = "pooled"
 LOCAL_MEAN = "local-mean"
 LOCAL_PREFIX = "local "
