@@ -19,14 +19,12 @@ from fedmed.clients.explanations import explain_final_round
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.private_round import RoundJob, refusal, run_private_round
 from fedmed.clients.site_home import default_site_home
-from fedmed.config import FederationConfig
+from fedmed.config import FederationConfig, Scalar
 from fedmed.errors import ConfigError
 from fedmed.privacy.job import DPJob
 from fedmed.tasks import get_task
 from fedmed.training.local_norms import LocalNorms
 from fedmed.training.loop import TrainSettings
-
-Scalar = bool | int | float | str
 
 
 @lru_cache(maxsize=8)
@@ -93,7 +91,7 @@ class HospitalClient(NumPyClient):
             job = round_job(config)
         except (ConfigError, KeyError, ValueError) as exc:  # malformed instructions: refuse
             reason = f"malformed round instructions: {exc}"
-            outcome = refusal(self.site, [np.asarray(p) for p in parameters], reason, {})
+            outcome = refusal(self.site, [np.asarray(p) for p in parameters], reason)
         else:
             outcome = run_private_round(self.site, self.home, parameters, job)
         return outcome.weights, outcome.num_examples, outcome.metrics

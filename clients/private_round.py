@@ -17,33 +17,34 @@ The order is the guarantee:
 A refusal is an answer, not a failure: the node returns the weights it received,
 ``num_examples = 0`` and ``refused = 1`` with a ``reason``, and signs a ``refusal``
 entry into its own log. The coordinator drops such replies before aggregating.
+Either way the reply's metrics are a :class:`fedmed.privacy.reply.FitReply`, the
+typed contract the coordinator reads back.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fedmed.audit import AuditError, AuditLog
+from fedmed.audit import AuditError, AuditLog, Head
 from fedmed.audit.provenance import code_version, config_hash
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
+from fedmed.config import Scalar
 from fedmed.errors import ConfigError, PrivacyRefusal
 from fedmed.privacy.guard import Decision, ReleaseRequest, check_release
 from fedmed.privacy.job import DPJob, plan_release
 from fedmed.privacy.ledger import Ledger, LedgerEntry
 from fedmed.privacy.policy import Policy
+from fedmed.privacy.reply import FitReply
 from fedmed.privacy.trainer import DPTrainer, validate_model
 from fedmed.training.local_norms import LocalNorms, norm_positions
-from fedmed.training.loop import TrainSettings
-
-Scalar = bool | int | float | str
-REFUSED = "refused"
-REASON = "reason"
+from fedmed.training.loop import TrainResult, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,16 @@ class RoundOutcome:
 
     weights: list[np.ndarray]
     num_examples: int
-    metrics: dict[str, Scalar]
+    reply: FitReply
+
+    @property
+    def metrics(self) -> dict[str, Scalar]:
+        """The reply's fit metrics, as Flower carries them."""
+        return self.reply.to_metrics()
 
     @property
     def refused(self) -> bool:
-        return bool(self.metrics.get(REFUSED))
+        return self.reply.refused
 
 
 def run_private_round(
@@ -81,7 +87,7 @@ def run_private_round(
             audit = home.audit()
             return _checked_round(site, home, audit, received, job)
     except (AuditError, PrivacyRefusal, OSError) as exc:  # nothing to sign with, or no home
-        return refusal(site, received, f"site home unusable: {exc}", {})
+        return refusal(site, received, f"site home unusable: {exc}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,16 @@ class _Approval:
     ledger: Ledger
     request: ReleaseRequest
     decision: Decision
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """What local training produced, and how (the DP trainer, the kept norm layers)."""
+
+    weights: list[np.ndarray]
+    result: TrainResult
+    trainer: DPTrainer | None
+    local_norms: LocalNorms | None
 
 
 def _decide(site: HospitalSite, home: SiteHome, job: RoundJob) -> _Approval | str:
@@ -116,14 +132,39 @@ def _decide(site: HospitalSite, home: SiteHome, job: RoundJob) -> _Approval | st
 def _checked_round(
     site: HospitalSite, home: SiteHome, audit: AuditLog, weights: list[np.ndarray], job: RoundJob
 ) -> RoundOutcome:
-    task = site.pack.name
+    """Steps 2–4 of the module docstring, under the site home's lock.
+
+    The order is the guarantee: the release is in the ledger (durable) and signed into
+    the audit log before the update is returned, so no update leaves unaccounted.
+    """
     approval = _decide(site, home, job)
     if isinstance(approval, str):
-        audit.append(
-            "refusal", {"run": job.run, "round": job.round, "task": task, "reason": approval}
-        )
+        refused = {"run": job.run, "round": job.round, "task": site.pack.name}
+        audit.append("refusal", {**refused, "reason": approval})
         return refusal(site, weights, approval, _spent(home))
-    policy, request, decision = approval.policy, approval.request, approval.decision
+    trained = _train(site, home, weights, job, approval.request)
+    entry = _ledger_entry(site, job, approval, trained.trainer)
+    approval.ledger.append(entry)  # durable before the update can leave
+    if trained.local_norms is not None:
+        trained.local_norms.save(trained.weights, norm_positions(site.pack.build_model()))
+    head = _sign_release(audit, site, job, approval, entry, trained.trainer)
+    reply = _accepted_reply(site, trained.result, approval, entry, head)
+    return RoundOutcome(trained.weights, trained.result.num_examples, reply)
+
+
+def _train(
+    site: HospitalSite,
+    home: SiteHome,
+    weights: list[np.ndarray],
+    job: RoundJob,
+    request: ReleaseRequest,
+) -> _Trained:
+    """Train under exactly the approved mechanism.
+
+    Opacus's own record of the run (``verify``) and the step count must match what the
+    guard approved: a mismatch would make the ledger's ε wrong, so it raises and the
+    update never leaves.
+    """
     trainer = _trainer(site, request, job.dp)
     local_norms = LocalNorms.of(home.root, job.run) if job.local_norm else None
     start = local_norms.apply(weights) if local_norms else weights
@@ -132,53 +173,81 @@ def _checked_round(
         trainer.verify()
     if result.steps != request.steps:
         raise RuntimeError(f"trained {result.steps} steps, {request.steps} were approved")
-    entry = LedgerEntry(
+    return _Trained(new_weights, result, trainer, local_norms)
+
+
+def _ledger_entry(
+    site: HospitalSite, job: RoundJob, approval: _Approval, trainer: DPTrainer | None
+) -> LedgerEntry:
+    """The ledger's record of the release: the mechanism, at the policy's δ and accountant,
+    so that every later ε of this site is composed over it."""
+    request = approval.request
+    return LedgerEntry(
         run=job.run,
         round=job.round,
-        task=task,
+        task=site.pack.name,
         noise_multiplier=request.noise_multiplier,
         sample_rate=request.sample_rate,
         steps=request.steps,
-        delta=policy.delta,
-        accountant=policy.accountant,
-        epsilon_after=decision.epsilon_after,
+        delta=approval.policy.delta,
+        accountant=approval.policy.accountant,
+        epsilon_after=approval.decision.epsilon_after,
         clip_norm=job.dp.clip_norm if trainer else 0.0,
         dataset=site.data.fingerprint,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    approval.ledger.append(entry)  # durable before the update can leave
-    if local_norms is not None:
-        local_norms.save(new_weights, norm_positions(site.pack.build_model()))
+
+
+def _sign_release(
+    audit: AuditLog,
+    site: HospitalSite,
+    job: RoundJob,
+    approval: _Approval,
+    entry: LedgerEntry,
+    trainer: DPTrainer | None,
+) -> Head:
+    """Sign the participation and the release into the site's log; the returned head goes
+    into the reply so the coordinator can witness it."""
     audit.append(
         "round-participation",
-        {"run": job.run, "round": job.round, "task": task, "decision": "joined"},
+        {"run": job.run, "round": job.round, "task": site.pack.name, "decision": "joined"},
     )
-    head = audit.append(
+    return audit.append(
         "dp-release",
         {
             **entry.to_json(),
             "mechanism": "dp-sgd (Opacus, Poisson sampling, flat clipping)" if trainer else "none",
             "grad_sample_mode": trainer.mode_used if trainer else "",
-            "epsilon_budget": policy.epsilon,
+            "epsilon_budget": approval.policy.epsilon,
             "job": config_hash(asdict(job.dp)),
             "code": code_version(),
         },
     )
-    metrics: dict[str, Scalar] = {
-        "site": site.name,
-        REFUSED: 0,
-        "train-loss": result.mean_loss,
-        "steps": result.steps,
-        "device": site.device.type,  # cpu or cuda: operators see where each site trained
-        **_privacy_metrics(decision.epsilon_after, policy),
-        "noise-multiplier": request.noise_multiplier,
-        "sample-rate": request.sample_rate,
-        "clip-norm": entry.clip_norm,
-        "audit-key": head.key,
-        "audit-seq": head.seq,
-        "audit-hash": head.hash,
-    }
-    return RoundOutcome(new_weights, result.num_examples, metrics)
+
+
+def _accepted_reply(
+    site: HospitalSite,
+    result: TrainResult,
+    approval: _Approval,
+    entry: LedgerEntry,
+    head: Head,
+) -> FitReply:
+    """The reply of an accepted round: what was trained, the ε account, the mechanism and
+    the audit-log head (the contract in ``fedmed.clients.app``)."""
+    return FitReply(
+        site=site.name,
+        refused=False,
+        train_loss=result.mean_loss,
+        steps=result.steps,
+        device=site.device.type,
+        **_account(approval.decision.epsilon_after, approval.policy),
+        noise_multiplier=approval.request.noise_multiplier,
+        sample_rate=approval.request.sample_rate,
+        clip_norm=entry.clip_norm,
+        audit_key=head.key,
+        audit_seq=head.seq,
+        audit_hash=head.hash,
+    )
 
 
 def _trainer(site: HospitalSite, request: ReleaseRequest, dp: DPJob) -> DPTrainer | None:
@@ -195,27 +264,33 @@ def _trainer(site: HospitalSite, request: ReleaseRequest, dp: DPJob) -> DPTraine
     )
 
 
-def _privacy_metrics(epsilon: float, policy: Policy) -> dict[str, Scalar]:
+def _account(epsilon: float, policy: Policy) -> dict[str, Any]:
+    """The site's ε account as :class:`FitReply` fields: ε so far, at the policy's δ and
+    accountant, beside its budget."""
     return {
         "epsilon": epsilon,
         "delta": policy.delta,
-        "epsilon-budget": policy.epsilon,
+        "epsilon_budget": policy.epsilon,
         "accountant": policy.accountant,
     }
 
 
-def _spent(home: SiteHome) -> dict[str, Scalar]:
-    """The site's ε so far for a refusal reply, if its policy and ledger can be read."""
+def _spent(home: SiteHome) -> dict[str, Any]:
+    """The site's ε account for a refusal reply, if its policy and ledger can be read."""
     try:
         policy = home.policy()
-        return _privacy_metrics(home.ledger().spent(policy.delta, policy.accountant), policy)
+        return _account(home.ledger().spent(policy.delta, policy.accountant), policy)
     except PrivacyRefusal:
         return {}
 
 
 def refusal(
-    site: HospitalSite, weights: list[np.ndarray], reason: str, extra: dict[str, Scalar]
+    site: HospitalSite,
+    weights: list[np.ndarray],
+    reason: str,
+    account: Mapping[str, Any] | None = None,
 ) -> RoundOutcome:
-    """The reply of a refused round: the received weights, no examples, and why."""
-    metrics: dict[str, Scalar] = {"site": site.name, REFUSED: 1, REASON: reason, **extra}
-    return RoundOutcome(weights, 0, metrics)
+    """The reply of a refused round: the received weights, no examples, and why (with the
+    site's ε account when it could be read: :func:`_spent`)."""
+    reply = FitReply(site=site.name, refused=True, reason=reason, **(account or {}))
+    return RoundOutcome(weights, 0, reply)

@@ -4,10 +4,10 @@ Flower's strategies aggregate; they do not keep per-site results, checkpoints or
 audit trail, and they would average a refusal like any other reply.
 :class:`RecordingStrategy` sits in front of the wrapped strategy and, each round:
 
-- drops the replies of sites that refused the round (metric ``refused = 1``, see
-  ``fedmed.clients.app``) before aggregation, and logs each refusal three ways:
-  an event in the run directory, a ``refusal`` entry in the coordinator's signed
-  audit log, and a note on the console;
+- drops the replies of sites that refused the round (``refused = 1`` in the node's
+  :class:`fedmed.privacy.reply.FitReply`, see ``fedmed.clients.app``) before
+  aggregation, and logs each refusal three ways: an event in the run directory, a
+  ``refusal`` entry in the coordinator's signed audit log, and a note on the console;
 - screens every update before aggregation (:mod:`fedmed.server.validation`: NaN/Inf,
   shapes, ``max_update_norm``); a rejected update is left out of the average and
   logged like a refusal (event and signed ``rejected-update`` entry naming the site).
@@ -52,6 +52,7 @@ from fedmed.audit import AuditLog
 from fedmed.errors import FedmedError
 from fedmed.explain import outcome as explanations
 from fedmed.outputs import RunDirectory
+from fedmed.privacy.reply import FitReply
 from fedmed.server import progress
 from fedmed.server.validation import check_update, screen_results
 from fedmed.tasks.base import fingerprint_arrays
@@ -59,16 +60,8 @@ from fedmed.tasks.base import fingerprint_arrays
 FitResults = list[tuple[ClientProxy, FitRes]]
 EvaluateResults = list[tuple[ClientProxy, EvaluateRes]]
 Failures = list[tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException]
-# Fit metrics a site reports about its privacy, and their names in metrics.json.
-PRIVACY_METRICS = {
-    "epsilon": "epsilon",
-    "delta": "delta",
-    "epsilon-budget": "epsilon_budget",
-    "accountant": "accountant",
-    "noise-multiplier": "noise_multiplier",
-    "sample-rate": "sample_rate",
-    "clip-norm": "clip_norm",
-}
+# Aggregation metrics of client-level DP (fedmed.server.strategies.ClientLevelDP), and
+# their names in metrics.json. A site's own privacy summary is FitReply.privacy().
 CLIENT_PRIVACY_METRICS = {
     "client-epsilon": "epsilon",
     "client-delta": "delta",
@@ -85,12 +78,12 @@ def _site_of(proxy: ClientProxy, metrics: dict[str, Scalar]) -> str:
     return str(metrics.get("site", f"node-{proxy.cid}"))
 
 
+def _reason(reply: FitReply) -> str:
+    return "" if reply.reason is None else str(reply.reason)
+
+
 def _describe_failures(failures: Sequence[object]) -> list[str]:
     return [repr(f) if isinstance(f, BaseException) else "node returned an error" for f in failures]
-
-
-def _is_refusal(res: FitRes) -> bool:
-    return bool(res.metrics.get("refused", 0))
 
 
 class RecordingStrategy(Strategy):
@@ -146,23 +139,29 @@ class RecordingStrategy(Strategy):
             _site_of(proxy, res.metrics): {**res.metrics, "num-examples": res.num_examples}
             for proxy, res in results
         }
-        accepted = [(proxy, res) for proxy, res in results if not _is_refusal(res)]
+        replies = {
+            _site_of(proxy, res.metrics): FitReply.from_metrics(res.metrics)
+            for proxy, res in results
+        }
+        accepted = [
+            (proxy, res) for proxy, res in results if not FitReply.from_metrics(res.metrics).refused
+        ]
         rejected: dict[str, str] = {}
         if not self.secure:
             accepted, rejected, norms = self._screen(accepted)
             for site, norm in norms.items():  # what honest sites send: how to pick the bound
                 per_site[site]["update-norm"] = norm
         self.run_dir.record_fit(server_round, per_site)
-        refused = {site: m for site, m in per_site.items() if m.get("refused")}
-        self._record_participation(per_site)
-        for site, metrics in sorted(refused.items()):
-            self._record_refusal(server_round, site, str(metrics.get("reason", "")))
+        refused = {site: _reason(reply) for site, reply in replies.items() if reply.refused}
+        self._record_participation(replies)
+        for site, reason in sorted(refused.items()):
+            self._record_refusal(server_round, site, reason)
         for site, reason in sorted(rejected.items()):
             self._record_rejection(server_round, site, reason)
         for reason in _describe_failures(failures):
             self.run_dir.record_event(server_round, {"kind": "fit-failure", "detail": reason})
             progress.note(f"round {server_round}: a node failed during training: {reason}")
-        left_out = {**{s: str(m.get("reason", "")) for s, m in refused.items()}, **rejected}
+        left_out = {**refused, **rejected}
         if left_out and len(accepted) < self.min_nodes:
             self._stop(server_round, len(accepted), left_out)
         parameters, metrics = self.inner.aggregate_fit(server_round, accepted, failures)
@@ -221,15 +220,13 @@ class RecordingStrategy(Strategy):
             )
         progress.note(f"round {server_round}: the update of {site} was rejected: {reason}")
 
-    def _record_participation(self, per_site: Mapping[str, Mapping[str, Any]]) -> None:
+    def _record_participation(self, replies: Mapping[str, FitReply]) -> None:
         """Each site's privacy summary and its joined/refused round counts in metrics.json."""
-        for site, metrics in per_site.items():
+        for site, reply in replies.items():
             counts = self.participation.setdefault(site, {"rounds_joined": 0, "rounds_refused": 0})
-            counts["rounds_refused" if metrics.get("refused") else "rounds_joined"] += 1
+            counts["rounds_refused" if reply.refused else "rounds_joined"] += 1
             summary = dict(self.run_dir.document["privacy"].get(site, {}))
-            summary.update(
-                {name: metrics[key] for key, name in PRIVACY_METRICS.items() if key in metrics}
-            )
+            summary.update(reply.privacy())
             self.run_dir.record_privacy(site, {**summary, **counts})
 
     def _record_refusal(self, server_round: int, site: str, reason: str) -> None:
@@ -258,15 +255,11 @@ class RecordingStrategy(Strategy):
         """Sign the round: model hash, who joined, and the log heads the sites reported."""
         if self.audit is None or self.latest_weights is None:
             return
-        heads = {
-            _site_of(proxy, res.metrics): {
-                "key": res.metrics["audit-key"],
-                "seq": res.metrics["audit-seq"],
-                "hash": res.metrics["audit-hash"],
-            }
-            for proxy, res in accepted
-            if {"audit-key", "audit-seq", "audit-hash"} <= set(res.metrics)
-        }
+        heads = {}
+        for proxy, res in accepted:
+            head = FitReply.from_metrics(res.metrics).audit_head()
+            if head is not None:
+                heads[_site_of(proxy, res.metrics)] = head
         joined = sorted(_site_of(proxy, res.metrics) for proxy, res in accepted)
         payload: dict[str, Any] = {
             "round": server_round,

@@ -15,25 +15,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fedmed.config import FederationConfig, Scalar
 from fedmed.errors import ConfigError
 from fedmed.privacy.accounting import calibrate_noise, check_accountant
 from fedmed.privacy.guard import ReleaseRequest
 from fedmed.privacy.trainer import GRAD_SAMPLE_MODES, poisson_schedule
 
-Scalar = bool | int | float | str
-
 
 @dataclass(frozen=True)
 class DPJob:
-    """The DP settings of a run (see the module docstring)."""
+    """The DP settings of a run (see the module docstring).
 
-    enabled: bool = True
-    target_epsilon: float = 1.0
-    delta: float = 1e-5
-    noise_multiplier: float = 0.0
-    clip_norm: float = 1.0
-    accountant: str = "rdp"
-    grad_sample_mode: str = "auto"
+    The federation's settings (:class:`~fedmed.config.FederationConfig`) are the one
+    source: the defaults here are theirs, and :meth:`from_config` maps a run's
+    settings to its job.
+    """
+
+    enabled: bool = FederationConfig.dp
+    target_epsilon: float = FederationConfig.epsilon
+    delta: float = FederationConfig.delta
+    noise_multiplier: float = FederationConfig.noise_multiplier
+    clip_norm: float = FederationConfig.clip_norm
+    accountant: str = FederationConfig.accountant
+    grad_sample_mode: str = FederationConfig.grad_sample_mode
     num_rounds: int = 1
 
     def __post_init__(self) -> None:
@@ -52,6 +56,20 @@ class DPJob:
                 raise ConfigError(f"DP delta must be in (0, 1), got {self.delta}")
         if self.num_rounds < 1:
             raise ConfigError(f"a run has at least one round, got {self.num_rounds}")
+
+    @classmethod
+    def from_config(cls, config: FederationConfig) -> DPJob:
+        """The DP request every site receives with each round of a run of ``config``."""
+        return cls(
+            enabled=config.dp,
+            target_epsilon=config.epsilon,
+            delta=config.delta,
+            noise_multiplier=config.noise_multiplier,
+            clip_norm=config.clip_norm,
+            accountant=config.accountant,
+            grad_sample_mode=config.grad_sample_mode,
+            num_rounds=config.num_server_rounds,
+        )
 
     def to_fit_config(self) -> dict[str, Scalar]:
         return {
