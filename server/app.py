@@ -57,38 +57,31 @@ from fedmed.state import state_dir
 from fedmed.tasks import TaskPack, get_task
 from fedmed.tasks.base import fingerprint_arrays
 from fedmed.training.local_norms import norm_positions
-from fedmed.training.loop import get_weights, set_weights
+from fedmed.training.loop import TrainSettings, get_weights, set_weights
 
 COORDINATOR_LOG = Path("audit") / "coordinator.jsonl"
 
 
 def dp_job(config: FederationConfig) -> DPJob:
-    """The DP request every site receives with each round of this run."""
-    return DPJob(
-        enabled=config.dp,
-        target_epsilon=config.epsilon,
-        delta=config.delta,
-        noise_multiplier=config.noise_multiplier,
-        clip_norm=config.clip_norm,
-        accountant=config.accountant,
-        grad_sample_mode=config.grad_sample_mode,
-        num_rounds=config.num_server_rounds,
-    )
+    """The DP request every site receives with each round of this run
+    (:meth:`DPJob.from_config`; ``fedmed run`` calls this to fail early on bad settings)."""
+    return DPJob.from_config(config)
 
 
 def fit_config_fn(config: FederationConfig, pack: TaskPack, run_id: str = ""):  # noqa: ANN201
     """The per-round training instructions sent to every node."""
     privacy = dp_job(config).to_fit_config()
+    settings = TrainSettings.for_pack(config, pack)
 
     def fit_config(server_round: int) -> dict[str, Scalar]:
         return {
             **privacy,
             "run-id": run_id,
             "server-round": server_round,
-            "local-epochs": config.local_epochs or pack.default_local_epochs,
-            "batch-size": config.batch_size or pack.default_batch_size,
-            "lr": config.lr or pack.default_lr,
-            "momentum": config.momentum,
+            "local-epochs": settings.local_epochs,
+            "batch-size": settings.batch_size,
+            "lr": settings.lr,
+            "momentum": settings.momentum,
             "local-norm": config.local_norm,
             "seed": config.seed * 100_003 + server_round,
         }
@@ -152,61 +145,13 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
     """Run ``config.num_server_rounds`` rounds (or those left after a checkpoint)."""
     pack = get_task(config.task)
     sites = config.site_list(pack.site_names())
-    torch.manual_seed(config.seed)
-    model = pack.build_model()
-    if config.local_norm and not norm_positions(model):
-        raise ConfigError(
-            f"local-norm: the {config.task} model has no normalisation layer with parameters "
-            "to keep at the sites; set local-norm = false"
-        )
+    model = initial_model(config, pack)
     root = Path(config.run_dir) if config.run_dir else default_run_dir(config)
     run_dir, resumed = open_run(root, config, sites, pack)
-    run_id = str(run_dir.document["run-id"])
-    done = resumed.round if resumed is not None else 0
     audit = coordinator_audit(config, run_dir.root)
-    if resumed is None:
-        audit.append(
-            "run-start",
-            {
-                "run": run_id,
-                "federation": config.federation,
-                "task": config.task,
-                "sites": sites,
-                "config_sha256": config_hash(config.to_run_config()),
-                "config": config.to_run_config(),
-                "code": code_version(),
-            },
-        )
-    else:
-        set_weights(model, resumed.weights)
-        audit.append(
-            "run-resume",
-            {
-                "run": run_id,
-                "from_round": done,
-                "model_sha256": fingerprint_arrays(resumed.weights),
-                "code": code_version(),
-            },
-        )
-        progress.note(f"resuming run {run_id} after round {done} of {config.num_server_rounds}")
-    recorder = RecordingStrategy(
-        build_strategy(
-            config,
-            num_sites=len(sites),
-            initial_parameters=ndarrays_to_parameters(get_weights(model)),
-            on_fit_config_fn=fit_config_fn(config, pack, run_id),
-            on_evaluate_config_fn=evaluate_config_fn(run_id),
-        ),
-        run_dir,
-        num_rounds=config.num_server_rounds,
-        primary_metric=pack.primary_metric,
-        min_nodes=min(config.min_nodes, len(sites)),
-        audit=audit,
-        max_update_norm=config.max_update_norm,
-        secure=config.secagg,
-        participation=resumed.participation() if resumed is not None else None,
-        evaluate_every=config.evaluate_every,
-    )
+    start_or_resume(audit, run_dir, config, sites, model, resumed)
+    done = resumed.round if resumed is not None else 0
+    recorder = recording_strategy(config, pack, len(sites), model, run_dir, audit, resumed)
     legacy_context = LegacyContext(
         context=context,
         config=ServerConfig(num_rounds=config.num_server_rounds - done),
@@ -220,37 +165,144 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
         status = f"stopped: {exc}"
         raise
     finally:
-        if recorder.latest_weights is not None:
-            set_weights(model, recorder.latest_weights)
-            torch.save(model.state_dict(), run_dir.root / "model.pt")
-        plot_run(run_dir.document, run_dir.root / "plots")
-        report = write_report(run_dir, status, pack)
+        finish_run(run_dir, audit, recorder, model, status, pack)
+    return run_dir.root
+
+
+def initial_model(config: FederationConfig, pack: TaskPack) -> torch.nn.Module:
+    """The seeded initial model; refuses ``local-norm`` for a model with nothing to keep
+    local, before any round is asked of the sites."""
+    torch.manual_seed(config.seed)
+    model = pack.build_model()
+    if config.local_norm and not norm_positions(model):
+        raise ConfigError(
+            f"local-norm: the {config.task} model has no normalisation layer with parameters "
+            "to keep at the sites; set local-norm = false"
+        )
+    return model
+
+
+def start_or_resume(
+    audit: AuditLog,
+    run_dir: RunDirectory,
+    config: FederationConfig,
+    sites: list[str],
+    model: torch.nn.Module,
+    resumed: ResumePoint | None,
+) -> None:
+    """Sign the run's start (its settings and code) or its resumption (the checkpoint's
+    hash, whose weights are loaded into ``model``), so the log shows how the run began."""
+    run_id = str(run_dir.document["run-id"])
+    if resumed is None:
         audit.append(
-            "run-end",
+            "run-start",
             {
                 "run": run_id,
-                "status": status,
-                "rounds": len(run_dir.document["rounds"]),
-                "model_sha256": (
-                    fingerprint_arrays(recorder.latest_weights) if recorder.latest_weights else ""
-                ),
-                "privacy": run_dir.document["privacy"],
-                "client_privacy": run_dir.document.get("client_privacy", {}),
+                "federation": config.federation,
+                "task": config.task,
+                "sites": sites,
+                "config_sha256": config_hash(config.to_run_config()),
+                "config": config.to_run_config(),
+                "code": code_version(),
             },
         )
-        progress.result_line(
-            {
-                "run-id": run_id,
-                "status": status,
-                "run_dir": str(run_dir.root.resolve()),
-                "final": run_dir.document["final"],
-                "privacy": run_dir.document["privacy"],
-                "client_privacy": run_dir.document.get("client_privacy", {}),
-                "explanations": run_dir.document.get("explanations", {}),
-                "report": str(report.resolve()) if report else "",
-            }
-        )
-    return run_dir.root
+        return
+    set_weights(model, resumed.weights)
+    audit.append(
+        "run-resume",
+        {
+            "run": run_id,
+            "from_round": resumed.round,
+            "model_sha256": fingerprint_arrays(resumed.weights),
+            "code": code_version(),
+        },
+    )
+    progress.note(
+        f"resuming run {run_id} after round {resumed.round} of {config.num_server_rounds}"
+    )
+
+
+def recording_strategy(
+    config: FederationConfig,
+    pack: TaskPack,
+    num_sites: int,
+    model: torch.nn.Module,
+    run_dir: RunDirectory,
+    audit: AuditLog,
+    resumed: ResumePoint | None,
+) -> RecordingStrategy:
+    """The registered strategy, starting from ``model``, behind the recorder that admits,
+    screens, records and signs every round (:mod:`fedmed.server.recording`)."""
+    run_id = str(run_dir.document["run-id"])
+    return RecordingStrategy(
+        build_strategy(
+            config,
+            num_sites=num_sites,
+            initial_parameters=ndarrays_to_parameters(get_weights(model)),
+            on_fit_config_fn=fit_config_fn(config, pack, run_id),
+            on_evaluate_config_fn=evaluate_config_fn(run_id),
+        ),
+        run_dir,
+        num_rounds=config.num_server_rounds,
+        primary_metric=pack.primary_metric,
+        min_nodes=min(config.min_nodes, num_sites),
+        audit=audit,
+        max_update_norm=config.max_update_norm,
+        secure=config.secagg,
+        participation=resumed.participation() if resumed is not None else None,
+        evaluate_every=config.evaluate_every,
+    )
+
+
+def finish_run(
+    run_dir: RunDirectory,
+    audit: AuditLog,
+    recorder: RecordingStrategy,
+    model: torch.nn.Module,
+    status: str,
+    pack: TaskPack,
+) -> None:
+    """Save what the run reached, however it ended: the last global model, plots, the
+    report, a signed ``run-end`` entry and the ``FEDMED-RESULT`` line that ``fedmed run
+    --coordinator`` reads. Runs in a ``finally``: a stopped run keeps its results."""
+    if recorder.latest_weights is not None:
+        set_weights(model, recorder.latest_weights)
+        torch.save(model.state_dict(), run_dir.root / "model.pt")
+    plot_run(run_dir.document, run_dir.root / "plots")
+    report = write_report(run_dir, status, pack)
+    document = run_dir.document
+    audit.append(
+        "run-end",
+        {
+            "run": str(document["run-id"]),
+            "status": status,
+            "rounds": len(document["rounds"]),
+            "model_sha256": (
+                fingerprint_arrays(recorder.latest_weights) if recorder.latest_weights else ""
+            ),
+            "privacy": document["privacy"],
+            "client_privacy": document.get("client_privacy", {}),
+        },
+    )
+    result_line(run_dir, status, report)
+
+
+def result_line(run_dir: RunDirectory, status: str, report: Path | None) -> None:
+    """The one ``FEDMED-RESULT`` log line that the submitting machine reads (a deployed
+    coordinator's run directory is not on that machine)."""
+    document = run_dir.document
+    progress.result_line(
+        {
+            "run-id": str(document["run-id"]),
+            "status": status,
+            "run_dir": str(run_dir.root.resolve()),
+            "final": document["final"],
+            "privacy": document["privacy"],
+            "client_privacy": document.get("client_privacy", {}),
+            "explanations": document.get("explanations", {}),
+            "report": str(report.resolve()) if report else "",
+        }
+    )
 
 
 def write_report(run_dir: RunDirectory, status: str, pack: TaskPack) -> Path | None:

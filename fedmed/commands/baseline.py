@@ -23,13 +23,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     pack = get_task(config.task)
     data_dir = Path(config.data_dir) if config.data_dir else None
     sites = config.site_list(pack.site_names(data_dir))
-    settings = TrainSettings(
-        local_epochs=config.local_epochs or pack.default_local_epochs,
-        batch_size=config.batch_size or pack.default_batch_size,
-        lr=config.lr or pack.default_lr,
-        momentum=config.momentum,
-        seed=config.seed,
-    )
+    settings = TrainSettings.for_pack(config, pack, seed=config.seed)
     result = run_baselines(
         pack, sites, data_dir, config.num_server_rounds * settings.local_epochs, settings
     )

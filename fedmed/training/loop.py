@@ -18,6 +18,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
+from fedmed.config import FederationConfig
 from fedmed.tasks.base import TaskPack
 
 # Wraps (model, optimizer, loader) before training, e.g. Opacus's make_private.
@@ -34,6 +35,20 @@ class TrainSettings:
     proximal_mu: float = 0.0
     momentum: float = 0.0
     seed: int = 0
+
+    @classmethod
+    def for_pack(cls, config: FederationConfig, pack: TaskPack, seed: int = 0) -> TrainSettings:
+        """A federation's local training settings: its own, or the pack's default where it
+        leaves one at zero (``local_epochs``, ``batch_size``, ``lr``). The one place that
+        fallback is made: the coordinator's round instructions, the baselines and the
+        generalization study must train alike."""
+        return cls(
+            local_epochs=config.local_epochs or pack.default_local_epochs,
+            batch_size=config.batch_size or pack.default_batch_size,
+            lr=config.lr or pack.default_lr,
+            momentum=config.momentum,
+            seed=seed,
+        )
 
 
 @dataclass(frozen=True)
