@@ -55,7 +55,7 @@ from fedmed import outputs
 from fedmed.clients.secagg import secagg_when_requested
 from fedmed.clients.site_home import SiteHome
 from fedmed.commands.deploy import deployment_settings
-from fedmed.commands.run import federation_config
+from fedmed.commands.federation import federation_config
 from fedmed.config import FederationConfig
 from fedmed.deploy.kit import find_ca_cert
 from fedmed.deploy.loopback import LoopbackFederation

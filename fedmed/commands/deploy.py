@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fedmed.commands.federation import federation_config, privacy_table
 from fedmed.config import ConfigValue, FederationConfig, load_federation
 from fedmed.deploy.errors import DeployError, ProcessFailed
 from fedmed.deploy.kit import (
@@ -26,7 +27,7 @@ from fedmed.deploy.kit import (
 )
 from fedmed.deploy.node import DEFAULT_RUNTIME_PORT
 from fedmed.deploy.processes import sigterm_interrupts
-from fedmed.state import state_root
+from fedmed.state import site_home_path, state_root
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -148,7 +149,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     if not address:
         raise DeployError("no coordinator address: pass --coordinator HOST:PORT")
     state = Path(args.state) if args.state else state_root() / "deploy" / f"node-{kit.site}"
-    home = args.site_home or state_root() / "sites" / kit.federation / kit.site
+    home = args.site_home or site_home_path(kit.federation, kit.site)
     with sigterm_interrupts():
         node = Node(kit, args.data, home, address, state, args.port, _echo(args.quiet))
         try:
@@ -176,8 +177,6 @@ def cmd_node_start(args: argparse.Namespace) -> int:
 def deployment_config(folder: Path, args: argparse.Namespace) -> FederationConfig:
     """The federation's settings for a deployed run: as for simulation, except that SecAgg+
     is on unless the folder or ``--set`` says otherwise."""
-    from fedmed.commands.run import federation_config
-
     config = federation_config(folder, args)
     explicit = "secagg" in load_federation(folder) or any(
         item.partition("=")[0].strip() == "secagg" for item in args.set
@@ -201,7 +200,6 @@ def deployment_settings(
 
 def run_on_coordinator(folder: Path, args: argparse.Namespace) -> int:
     """``fedmed run FEDERATION --coordinator ADDR --kit DIR``: submit, follow, print results."""
-    from fedmed.commands.run import privacy_table
     from fedmed.deploy.submit import submit
     from fedmed.server.progress import results_table
 

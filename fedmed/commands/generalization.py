@@ -10,7 +10,8 @@ from typing import Any
 
 from rich.console import Console
 
-from fedmed.commands.run import add_privacy_options, add_run_options, federation_config
+from fedmed.commands.federation import federation_config
+from fedmed.commands.run import add_privacy_options, add_run_options
 from fedmed.config import FederationConfig
 from fedmed.errors import DataError
 from fedmed.outputs import write_json_atomic

@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-from fedmed.commands.deploy import add_coordinator_options
-from fedmed.config import FederationConfig, load_federation, strategy_names
+from fedmed.commands.deploy import add_coordinator_options, run_on_coordinator
+from fedmed.commands.federation import federation_config, privacy_table
+from fedmed.config import FederationConfig, strategy_names
 from fedmed.errors import ConfigError
 from fedmed.server.progress import results_table
 from fedmed.server.run_report import REPORT_FILE
-from fedmed.state import state_root
 from fedmed.tasks import get_task
 
 DEFAULT_FEDERATION = Path(__file__).resolve().parents[2] / "examples" / "heart"
@@ -65,33 +62,6 @@ def add_privacy_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="also client-level DP at the coordinator (Flower's server-side clipping)",
     )
-
-
-def federation_config(folder: Path, args: argparse.Namespace) -> FederationConfig:
-    """The folder's settings with the command line's overrides applied."""
-    settings: dict[str, Any] = load_federation(folder)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"fedmed: error: --set expects KEY=VALUE, got {item!r}")
-        settings[key.strip()] = value.strip()
-    for key, value in (
-        ("run-dir", args.out and str(args.out.resolve())),
-        ("num-server-rounds", args.rounds),
-        ("strategy", args.strategy),
-        ("seed", args.seed),
-        ("sites-home", args.sites_home and str(args.sites_home.resolve())),
-        ("dp", getattr(args, "dp", None)),
-        ("epsilon", getattr(args, "epsilon", None)),
-        ("client-dp", getattr(args, "client_dp", None)),
-    ):
-        if value is not None:
-            settings[key] = value
-    config = FederationConfig.from_run_config(settings)
-    if not config.sites_home:
-        default = state_root() / "sites" / config.federation
-        config = dataclasses.replace(config, sites_home=str(default))
-    return config
 
 
 def preflight(config: FederationConfig) -> None:
@@ -148,38 +118,8 @@ def write_run_report(run_dir: Path, sites_home: Path) -> Path:
     return out
 
 
-def privacy_table(metrics: dict[str, Any]) -> Table:
-    """Each site's total ε (all runs so far) after this run, with δ and budget."""
-
-    def fmt(value: Any) -> str:
-        return "unbounded" if value is None or math.isinf(float(value)) else f"{value:.3f}"
-
-    table = Table(title="privacy per site: ε spent over all runs on its site home")
-    columns = ("site", "ε spent", "δ", "ε budget", "rounds trained", "rounds refused")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "site" else "right")
-    for site, summary in sorted(metrics.get("privacy", {}).items()):
-        table.add_row(
-            site,
-            fmt(summary.get("epsilon")),
-            f"{summary.get('delta', float('nan')):g}",
-            fmt(summary.get("epsilon_budget")),
-            str(summary.get("rounds_joined", 0)),
-            str(summary.get("rounds_refused", 0)),
-        )
-    client = metrics.get("client_privacy")
-    if client:
-        table.caption = (
-            f"client-level DP at the coordinator: ε {fmt(client.get('epsilon'))} "
-            f"at δ {client.get('delta', float('nan')):g}"
-        )
-    return table
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     if args.coordinator:
-        from fedmed.commands.deploy import run_on_coordinator
-
         return run_on_coordinator(args.federation, args)
     if args.kit:
         raise ConfigError("--kit is for deployment: pass --coordinator HOST:PORT as well")
