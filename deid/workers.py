@@ -8,10 +8,10 @@ Why not ``multiprocessing``: ``fork`` copies a process that may hold locks of ot
 threads (a Flower node's gRPC threads, torch's thread pool) and can hang; ``spawn`` and
 ``forkserver`` re-import the caller's main script in every child, which runs a script's
 top-level code again unless it has an ``if __name__ == "__main__":`` guard. Here each
-worker is ``python -m fedmed.deid.workers``: it imports only fedmed, builds its own
-:class:`fedmed.deid.presidio_engine.Detector` from the same settings and answers
-requests on a pipe. Messages are pickles exchanged only between this process and the
-children it started.
+worker is ``python -m fedmed.deid.worker`` (:mod:`fedmed.deid.worker`): it imports only
+fedmed, builds its own :class:`fedmed.deid.presidio_engine.Detector` from the same settings
+and answers requests on a pipe. Messages are pickles exchanged only between this process
+and the children it started; this module holds the pool and the message protocol.
 
 A note's spans do not depend on the other notes of its batch (the tagger's features are
 per token, its windows per note), so splitting a batch over workers gives the same spans
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import pickle
 import subprocess
 import sys
@@ -39,12 +38,12 @@ class WorkerError(RuntimeError):
     """A worker process died or failed; the caller can detect in-process instead."""
 
 
-def _send(stream: IO[bytes], message: Any) -> None:
+def send(stream: IO[bytes], message: Any) -> None:
     pickle.dump(message, stream, protocol=pickle.HIGHEST_PROTOCOL)
     stream.flush()
 
 
-def _receive(stream: IO[bytes]) -> Any:
+def receive(stream: IO[bytes]) -> Any:
     message = pickle.load(stream)
     if isinstance(message, WorkerError):
         raise message
@@ -61,12 +60,12 @@ class WorkerPool:
         with self._closed_on_failure("de-id worker processes failed to start"):
             for _ in range(n):
                 self._procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "fedmed.deid.workers"],
+                    [sys.executable, "-m", "fedmed.deid.worker"],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE))
             for proc in self._procs:  # all start loading at once, then wait for each
-                _send(self._pipes(proc)[0], dataclasses.replace(config, workers=1))
+                send(self._pipes(proc)[0], dataclasses.replace(config, workers=1))
             for proc in self._procs:
-                if _receive(self._pipes(proc)[1]) != READY:
+                if receive(self._pipes(proc)[1]) != READY:
                     raise WorkerError("a de-id worker answered its start-up out of protocol")
 
     @contextlib.contextmanager
@@ -102,16 +101,16 @@ class WorkerPool:
         out: list[list[Span]] = []
         with self._closed_on_failure("a de-id worker process failed"):
             for proc, chunk in zip(busy, chunks, strict=True):
-                _send(self._pipes(proc)[0], chunk)
+                send(self._pipes(proc)[0], chunk)
             for proc in busy:
-                out.extend(_receive(self._pipes(proc)[1]))
+                out.extend(receive(self._pipes(proc)[1]))
         return out
 
     def close(self) -> None:
         """Ask every worker to stop; kill those that do not within a few seconds."""
         for proc in self._procs:
             try:
-                _send(self._pipes(proc)[0], None)
+                send(self._pipes(proc)[0], None)
                 self._pipes(proc)[0].close()
             except OSError:
                 pass
@@ -124,45 +123,3 @@ class WorkerPool:
             if proc.stdout is not None:
                 proc.stdout.close()
         self._procs = []
-
-
-def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """Worker loop: settings, then batches of texts until ``None`` or end of input;
-    reply with the spans of each batch."""
-    from fedmed.deid.presidio_engine import Detector
-
-    config = pickle.load(requests)
-    try:
-        detector = Detector(config)
-    except Exception as e:  # noqa: BLE001 -- reported to the parent, which decides
-        _send(replies, WorkerError(f"de-id worker could not build its detector: {e!r}"))
-        return
-    _send(replies, READY)
-    while True:
-        try:
-            texts = pickle.load(requests)
-        except EOFError:  # the parent exited without close(): nothing left to do
-            return
-        if texts is None:
-            return
-        try:
-            result: Any = detector.detect_batch(texts)
-        except Exception as e:  # noqa: BLE001 -- the parent re-raises it
-            result = WorkerError(f"de-id worker failed on a batch: {e!r}")
-        _send(replies, result)
-
-
-def main() -> None:
-    """Entry of ``python -m fedmed.deid.workers`` (started by :class:`WorkerPool`)."""
-    # The protocol owns the original stdout; anything a library prints goes to stderr.
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    serve(sys.stdin.buffer, replies)
-
-
-if __name__ == "__main__":
-    # Through the package, so that pickled WorkerErrors name fedmed.deid.workers, not
-    # __main__, and the parent can load them.
-    from fedmed.deid.workers import main as package_main
-
-    package_main()
