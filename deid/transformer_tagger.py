@@ -32,6 +32,13 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from fedmed.deid.phi import Document, Span  # noqa: E402
+from fedmed.deid.selection import (  # noqa: E402
+    BestEpoch,
+    TrainResult,
+    choose_threshold,
+    dev_score,
+    out_of_time,
+)
 from fedmed.deid.tagger import recall_biased_spans, torch_threads  # noqa: E402
 from fedmed.deid.tokens import (  # noqa: E402
     LABEL_INDEX,
@@ -40,13 +47,6 @@ from fedmed.deid.tokens import (  # noqa: E402
     owner_window,
     tokenize,
     windows,
-)
-from fedmed.deid.train import (  # noqa: E402
-    BestEpoch,
-    TrainResult,
-    choose_threshold,
-    dev_score,
-    out_of_time,
 )
 from fedmed.errors import ConfigError, DataError  # noqa: E402
 
