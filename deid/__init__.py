@@ -12,10 +12,12 @@ Modules are flat on purpose (the packaging lists only ``fedmed.deid``); each has
 - :mod:`.tokens` offset-keeping tokenisation, BIO tags, windows
 - :mod:`.io` i2b2 XML / text / CSV / JSONL readers and writers
 - :mod:`.templates`, :mod:`.fakes`, :mod:`.corpus` the synthetic annotated corpus
-- :mod:`.tagger` the tagger interface and loader; :mod:`.bilstm_crf`,
-  :mod:`.transformer_tagger` the two taggers; :mod:`.train` their training
+- :mod:`.tagger` the tagger interface and shared decoding; :mod:`.bilstm_crf`,
+  :mod:`.transformer_tagger` the two taggers; :mod:`.taggers` finds one by name or path;
+  :mod:`.train` their training, :mod:`.selection` its model selection on dev
 - :mod:`.config` a site's de-id settings; :mod:`.recognizers`, :mod:`.presidio_engine`
-  the detection pipeline; :mod:`.workers` its worker processes for large batches
+  the detection pipeline; :mod:`.workers` its worker pool for large batches and
+  :mod:`.worker` one worker process
 - :mod:`.sitekey`, :mod:`.surrogates` site secret and surrogate generation
 - :mod:`.dicom` DICOM header de-identification
 - :mod:`.residual`, :mod:`.gate` the admission gate

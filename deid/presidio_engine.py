@@ -75,7 +75,8 @@ from fedmed.deid.recognizers import (  # noqa: E402
     TaggerRecognizer,
     fedmed_rule_recognizers,
 )
-from fedmed.deid.tagger import DECODER_VERSION, Tagger, load_tagger  # noqa: E402
+from fedmed.deid.tagger import DECODER_VERSION, Tagger  # noqa: E402
+from fedmed.deid.taggers import load_tagger  # noqa: E402
 from fedmed.deid.workers import WorkerError, WorkerPool  # noqa: E402
 
 _TRAILING = ".,;:!?)]}'\""

@@ -3,8 +3,8 @@
 A tagger turns note texts into PHI spans. Two implementations exist (BiLSTM-CRF in
 :mod:`fedmed.deid.bilstm_crf`, MiniLM in :mod:`fedmed.deid.transformer_tagger`); the
 Presidio engine, the evaluation and the CLI only see this interface, and
-:func:`load_tagger` finds one by name or checkpoint path (the shipped BiLSTM-CRF by
-default, offline).
+:func:`fedmed.deid.taggers.load_tagger` finds one by name or checkpoint path (the shipped
+BiLSTM-CRF by default, offline).
 
 Recall bias (why): a missed name leaks; an extra span costs a harmless surrogate. A token
 is therefore PHI when the model gives it probability ``1 - P(O) >= threshold`` even if the
@@ -16,17 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from fedmed.deid import MODELS_DIR
 from fedmed.deid.phi import Span
 from fedmed.deid.tokens import LABELS, Token, decode
-from fedmed.errors import ConfigError
-
-DEFAULT_CHECKPOINT = MODELS_DIR / "bilstm_crf.pt"
 
 
 @contextmanager
@@ -129,26 +124,3 @@ def complete_names(tokens: Sequence[Token], labels: list[str], phi_prob: Sequenc
             else:
                 continue
             changed = True
-
-
-def load_tagger(spec: str | Path | None = None, device: str = "cpu") -> Tagger:
-    """A tagger from a name or path: None/"bilstm-crf" = the shipped checkpoint;
-    a ``.pt`` file = a BiLSTM-CRF checkpoint; a folder with ``transformer.json`` = a
-    fine-tuned transformer. Nothing is downloaded.
-    """
-    from fedmed.deid.bilstm_crf import BiLstmCrfTagger
-    from fedmed.deid.transformer_tagger import TransformerTagger
-
-    if spec is None or str(spec) == "bilstm-crf":
-        path = DEFAULT_CHECKPOINT
-    else:
-        path = Path(spec)
-    if path.is_dir():
-        if (path / "transformer.json").is_file():
-            return TransformerTagger.load(path, device=device)
-        if (path / "bilstm_crf.pt").is_file():
-            path = path / "bilstm_crf.pt"
-    if path.is_file() and path.suffix == ".pt":
-        return BiLstmCrfTagger.load(path, device=device)
-    raise ConfigError(f"tagger {spec!r}: no BiLSTM-CRF checkpoint (.pt) or transformer folder "
-                      f"(with transformer.json) at {path}")

@@ -12,7 +12,7 @@ from torchcrf import CRF
 
 from fedmed.deid.bilstm_crf import FastCRF
 from fedmed.deid.corpus import generate
-from fedmed.deid.tagger import load_tagger
+from fedmed.deid.taggers import load_tagger
 from fedmed.deid.tokens import LABELS
 
 

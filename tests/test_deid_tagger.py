@@ -9,7 +9,7 @@ import pytest
 from fedmed.deid.corpus import generate
 from fedmed.deid.evaluate import score
 from fedmed.deid.phi import Span
-from fedmed.deid.tagger import DEFAULT_CHECKPOINT, load_tagger
+from fedmed.deid.taggers import DEFAULT_CHECKPOINT, load_tagger
 from fedmed.deid.tokens import bio_labels, decode, tokenize, windows
 
 # Stated in docs/deid.md: on freshly generated test-split notes (templates never seen in

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedmed.deid.corpus import generate
-from fedmed.deid.tagger import load_tagger
+from fedmed.deid.taggers import load_tagger
 from fedmed.deid.train import train
 
 
