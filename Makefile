@@ -19,7 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedmed demo
 
+# The import contracts of pyproject.toml first (lint-imports, seeing clients/, server/, deid/).
 test: $(STAMP)
+	$(BIN)/python tests/lint_imports.py --no-logo
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
