@@ -258,6 +258,12 @@ def add_coordinator_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_provision(subparsers)
+    _register_coordinator(subparsers)
+    _register_node(subparsers)
+
+
+def _register_provision(subparsers: argparse._SubParsersAction) -> None:
     provision = subparsers.add_parser(
         "provision",
         help="create the CA, the coordinator kit and one startup kit per site",
@@ -284,58 +290,68 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     provision.add_argument("--rotate-key", metavar="SITE", help="new node key for one site")
     provision.set_defaults(func=cmd_provision)
 
+
+def _register_coordinator(subparsers: argparse._SubParsersAction) -> None:
     coordinator = subparsers.add_parser(
         "coordinator", help="run the coordinator (Flower SuperLink with TLS and node auth)"
     )
-    coordinator_commands = coordinator.add_subparsers(dest="coordinator_command", metavar="CMD")
-    start = coordinator_commands.add_parser(
+    commands = coordinator.add_subparsers(dest="coordinator_command", metavar="CMD")
+    start = commands.add_parser(
         "start",
         help="start the coordinator in the foreground",
         description="Start a SuperLink with TLS, node authentication, no runtime dependency "
         "installation and a persistent database; register the kit's nodes.",
     )
-    for sub in (start, coordinator_commands.add_parser(
+    register_nodes = commands.add_parser(
         "register", help="register new / unregister retired node keys on a running coordinator"
-    )):
-        sub.add_argument("--kit", type=Path, required=True, help="the coordinator/ kit folder")
-        sub.add_argument(
-            "--state", type=Path, help="state folder (default .fedmed/deploy/coordinator-NAME)"
-        )
-        sub.add_argument(
-            "--listen",
-            metavar="HOST:PORT",
-            help="bind address (default: the kit's port, on 0.0.0.0 unless every certificate "
-            "address is loopback)",
-        )
+    )
+    for sub in (start, register_nodes):
+        _add_coordinator_kit_options(sub)
     start.add_argument("--quiet", action="store_true", help="log to the state folder only")
     start.set_defaults(func=cmd_coordinator_start)
-    coordinator_commands.choices["register"].set_defaults(func=cmd_coordinator_register)
+    register_nodes.set_defaults(func=cmd_coordinator_register)
 
+
+def _add_coordinator_kit_options(parser: argparse.ArgumentParser) -> None:
+    """``--kit``, ``--state`` and ``--listen``: shared by coordinator start and register."""
+    parser.add_argument("--kit", type=Path, required=True, help="the coordinator/ kit folder")
+    parser.add_argument(
+        "--state", type=Path, help="state folder (default .fedmed/deploy/coordinator-NAME)"
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="bind address (default: the kit's port, on 0.0.0.0 unless every certificate "
+        "address is loopback)",
+    )
+
+
+def _register_node(subparsers: argparse._SubParsersAction) -> None:
     node = subparsers.add_parser("node", help="run a hospital node (Flower SuperNode)")
-    node_commands = node.add_subparsers(dest="node_command", metavar="CMD")
-    node_start = node_commands.add_parser(
+    commands = node.add_subparsers(dest="node_command", metavar="CMD")
+    start = commands.add_parser(
         "start",
         help="start this site's node in the foreground",
         description="Start a SuperNode with the site kit's CA and node key; its data folder "
         "and site home reach the ClientApp as node config.",
     )
-    node_start.add_argument("--kit", type=Path, required=True, help="this site's kit folder")
-    node_start.add_argument("--data", type=Path, required=True, help="this site's data folder")
-    node_start.add_argument(
+    start.add_argument("--kit", type=Path, required=True, help="this site's kit folder")
+    start.add_argument("--data", type=Path, required=True, help="this site's data folder")
+    start.add_argument(
         "--site-home", type=Path, help="site home (default .fedmed/sites/FEDERATION/SITE)"
     )
-    node_start.add_argument(
+    start.add_argument(
         "--coordinator", metavar="HOST:PORT", help="coordinator address (default: the kit's)"
     )
-    node_start.add_argument("--state", type=Path, help="state folder (default .fedmed/deploy)")
-    node_start.add_argument(
+    start.add_argument("--state", type=Path, help="state folder (default .fedmed/deploy)")
+    start.add_argument(
         "--port",
         type=int,
         default=DEFAULT_RUNTIME_PORT,
         help=f"local runtime API port (default {DEFAULT_RUNTIME_PORT}; one per node)",
     )
-    node_start.add_argument(
+    start.add_argument(
         "--wait", type=float, default=60.0, help="seconds to wait for the coordinator's accept"
     )
-    node_start.add_argument("--quiet", action="store_true", help="log to the state folder only")
-    node_start.set_defaults(func=cmd_node_start)
+    start.add_argument("--quiet", action="store_true", help="log to the state folder only")
+    start.set_defaults(func=cmd_node_start)
