@@ -1,11 +1,11 @@
 """PHI detection: Presidio's AnalyzerEngine, offline, with our tagger and rules.
 
-Offline (DESIGN.md §5): a plain ``AnalyzerEngine()`` downloads ``en_core_web_lg``. Here
-the NLP engine is a ``SpacyNlpEngine`` subclass on ``spacy.blank("en")`` whose lemmas are
-the lower-cased tokens (Presidio's context enhancer compares lemmas; without lemmas
-context words never boost a score), ``SpacyRecognizer`` is never added,
-and ``TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS`` is emptied before Presidio is imported (the
-e-mail/URL recognizers would otherwise fetch the public-suffix list).
+Offline (docs/architecture.md § Offline components): a plain ``AnalyzerEngine()`` downloads
+``en_core_web_lg``. Here the NLP engine is a ``SpacyNlpEngine`` subclass on
+``spacy.blank("en")`` whose lemmas are the lower-cased tokens (Presidio's context enhancer
+compares lemmas; without lemmas context words never boost a score), ``SpacyRecognizer`` is
+never added, and ``TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS`` is emptied before Presidio is
+imported (the e-mail/URL recognizers would otherwise fetch the public-suffix list).
 
 Combination (recall-biased): every tagger span is kept (the tagger already applied its
 own recall-biased threshold, stored in its checkpoint), every rule/pattern result with

@@ -1,16 +1,16 @@
 """The run directory: what a finished (or interrupted) run leaves behind.
 
-Layout: ``metrics.json`` (rewritten after every round, so an interrupted run
-loses nothing already measured), ``checkpoints/round-NNN.npz`` (global weights
-after each round), ``model.pt`` (final global model, a state dict),
-``plots/*.png``. Keys other tools read (DESIGN.md §3): ``final.per_site.<site>.<metric>``,
+Layout: ``metrics.json`` (rewritten after every round, so an interrupted run loses nothing
+already measured), ``checkpoints/round-NNN.npz`` (global weights after each round),
+``model.pt`` (final global model, a state dict), ``plots/*.png``. Keys other tools read
+(docs/architecture.md § Node–coordinator contract): ``final.per_site.<site>.<metric>``,
 ``final.mean.<metric>``, ``privacy.<site>.epsilon|delta``, ``rounds[]`` (each with the
-wall-clock ``aggregated_at``). With
-client-level DP, ``client_privacy.epsilon|delta`` sits beside ``privacy``; a run the
-coordinator stopped early has ``stopped.round|reason``. ``explanations.<site>`` says where
-each site holds its explanations of the final model (``round``, ``count``, ``folder``,
-``error``; the files stay at the site, :mod:`fedmed.explain.outcome`), and ``report.md`` is the
-run's report for people (:mod:`fedmed.server.run_report`).
+wall-clock ``aggregated_at``). With client-level DP, ``client_privacy.epsilon|delta`` sits
+beside ``privacy``; a run the coordinator stopped early has ``stopped.round|reason``.
+``explanations.<site>`` says where each site holds its explanations of the final model
+(``round``, ``count``, ``folder``, ``error``; the files stay at the site,
+:mod:`fedmed.explain.outcome`), and ``report.md`` is the run's report for people
+(:mod:`fedmed.server.run_report`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Packaging per DESIGN.md §2: clients/ server/ deid/ import only under fedmed."""
+"""Packaging (docs/architecture.md § Layout and layers): clients/ server/ deid/ import only
+under fedmed."""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ console = Console()
 
 
 def ledger_document(site_home: Path) -> dict[str, Any]:
-    """DESIGN.md §3's shape: site, budget, spent (recomputed from the history), releases.
+    """Site, budget, spent (recomputed from the history), releases: the ledger's shape for
+    other tools (docs/architecture.md § Node–coordinator contract).
 
     An unbounded ε (a budget of ``inf``, or a release without noise) is ``null``.
     """

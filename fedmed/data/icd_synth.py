@@ -1,7 +1,8 @@
 """Synthetic clinical notes whose findings imply ICD-10-style codes, at four hospitals.
 
-Why synthetic: no real coded clinical corpus may ship or be downloaded (DESIGN.md §4). The
-notes are built so that coding them is a *language* task, not a lookup:
+Why synthetic: no real coded clinical corpus may ship or be downloaded
+(docs/architecture.md § Offline components). The notes are built so that coding them is a
+*language* task, not a lookup:
 
 - **Codes** (:data:`CODES`): 26 ICD-10-CM codes common in adult inpatient and clinic notes,
   with long-tailed prevalences (before each site's case mix: the most frequent in 55 % of

@@ -1,10 +1,10 @@
 """Clinical notes through the de-identification gate, with the released notes cached at the site.
 
 Why this module exists: a text task pack must never read raw notes — it receives what the
-gate released (DESIGN.md §1). :func:`admitted_site_notes` is that one arrow: raw notes with
-their labels go in, :class:`fedmed.deid.gate.Gate` scrubs them (surrogates, residual check,
-quarantine, batch report under ``<site_home>/deid/``), and only released text and the labels
-that belong to it come out.
+gate released (docs/architecture.md § Data flow). :func:`admitted_site_notes` is that one
+arrow: raw notes with their labels go in, :class:`fedmed.deid.gate.Gate` scrubs them
+(surrogates, residual check, quarantine, batch report under ``<site_home>/deid/``), and only
+released text and the labels that belong to it come out.
 
 Why a cache: the gate de-identifies about ten notes a second on a shared CPU, and a site loads
 its data in every process of every run (the CLI's checks, each simulated node, baselines).

@@ -90,14 +90,13 @@ _MODE_CACHE: dict[str, str] = {}
 def select_grad_sample_mode(model: nn.Module, dataset: Dataset, loss: LossFn, batch: int) -> str:
     """``ew`` when it gives this model correct per-example gradients, else ``hooks``.
 
-    Measured (``bench/dp_overhead.py``, DESIGN.md §5): PyTorch's expanded weights
-    (``ew``) is as fast as Opacus's ``hooks`` or faster wherever it works, but it fails
-    or is wrong for some layers, sometimes only at some batch sizes (grouped
-    convolutions). So ``ew`` is tried on batches of several sizes — Poisson sampling
-    makes every size occur — and kept only if it matches ``hooks`` (Opacus's
-    reference) on all of them. The choice is a rule, not a timing race, so a seeded
-    run gives the same numbers in every process. Cached per architecture; the global
-    RNG is left untouched.
+    Measured (``bench/dp_overhead.py``, docs/architecture.md § Measured pitfalls): PyTorch's
+    expanded weights (``ew``) is as fast as Opacus's ``hooks`` or faster wherever it works,
+    but it fails or is wrong for some layers, sometimes only at some batch sizes (grouped
+    convolutions). So ``ew`` is tried on batches of several sizes — Poisson sampling makes
+    every size occur — and kept only if it matches ``hooks`` (Opacus's reference) on all of
+    them. The choice is a rule, not a timing race, so a seeded run gives the same numbers in
+    every process. Cached per architecture; the global RNG is left untouched.
     """
     signature = repr(model)
     if signature not in _MODE_CACHE:
