@@ -58,14 +58,6 @@ class ParsedDate:
     fmt: str
     case: str  # "upper" | "lower" | "as-is"
 
-    @property
-    def has_year(self) -> bool:
-        return "{yy" in self.fmt
-
-    @property
-    def has_day(self) -> bool:
-        return "{d" in self.fmt or "{Weekday}" in self.fmt
-
 
 def _ordinal(day: int) -> str:
     if 10 <= day % 100 <= 20:

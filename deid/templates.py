@@ -498,7 +498,6 @@ Reply to {EMAIL} or by fax {FAX}; my office line is {PHONE}.
 ]
 
 TEMPLATES: tuple[Template, ...] = tuple(DISCHARGE + PROGRESS + RADIOLOGY + ECG + REFERRAL)
-KINDS: tuple[str, ...] = ("discharge", "progress", "radiology", "ecg", "referral")
 
 
 def split_of(template: Template) -> str:
