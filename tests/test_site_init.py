@@ -36,3 +36,17 @@ def test_invalid_policy_is_refused_and_nothing_is_created(tmp_path: Path) -> Non
     assert main(["site", "init", "--site-home", str(home), "--site", "va", "--task", "heart",
                  "--delta", "2"]) == 2  # fmt: skip
     assert not home.exists()
+
+
+def test_names_with_quotes_and_backslashes_round_trip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site, task = 'st. "mary\'s" \\ north', 'heart"]\nepsilon = inf #\\'
+    home = tmp_path / "home"
+    assert main(["site", "init", "--site-home", str(home), "--site", site, "--task", task,
+                 "--task", "*", "--epsilon", "2"]) == 0  # fmt: skip
+    policy = SiteHome(home, site).policy()
+    assert policy.allowed_tasks == (task, "*") and policy.epsilon == 2.0
+    capsys.readouterr()
+    assert main(["ledger", "show", "--site-home", str(home), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["site"] == site

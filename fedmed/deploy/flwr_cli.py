@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedmed.deploy.errors import DeployError
 from fedmed.deploy.processes import flower_command, flower_env
-from fedmed.deploy.tomlw import toml_table
 
 CONNECTION = "fedmed"
 
@@ -38,11 +39,10 @@ class Connection:
     def write(self) -> Connection:
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         config = "# Written by fedmed: the coordinator this FLWR_HOME talks to.\n"
-        config += toml_table("superlink", {"default": CONNECTION}) + "\n"
-        config += toml_table(
-            f"superlink.{CONNECTION}",
-            {"address": self.address, "root-certificates": str(self.ca_cert)},
-        )
+        config += tomli_w.dumps({"superlink": {
+            "default": CONNECTION,
+            CONNECTION: {"address": self.address, "root-certificates": str(self.ca_cert)},
+        }})
         (self.home / "config.toml").write_text(config, encoding="utf-8")
         return self
 

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
+
 from fedmed.audit.keys import KEY_FILE
 from fedmed.clients.site_home import SiteHome
 from fedmed.deploy.errors import (
@@ -36,7 +38,6 @@ from fedmed.deploy.kit import SiteKit
 from fedmed.deploy.pki import check_node_private_key
 from fedmed.deploy.probe import probe_coordinator
 from fedmed.deploy.processes import ChildProcess, flower_command, port_free, service_env
-from fedmed.deploy.tomlw import toml_value
 from fedmed.errors import DataError
 from fedmed.privacy.policy import load_policy
 
@@ -139,8 +140,7 @@ class Node:
             "data-dir": str(self.data_dir),
             "site-home": str(self.site_home),
         }
-        text = "".join(f"{key} = {toml_value(value)}\n" for key, value in values.items())
-        self.layout.node_config.write_text(text, encoding="utf-8")
+        self.layout.node_config.write_text(tomli_w.dumps(values), encoding="utf-8")
         return self.layout.node_config
 
     def argv(self) -> list[str]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedmed.audit.keys import KEY_FILE, fingerprint, load_or_create_key, public_pem
 from fedmed.deploy.errors import ProvisionError
 from fedmed.deploy.kit import (
@@ -47,7 +49,6 @@ from fedmed.deploy.pki import (
     write_private,
     write_public,
 )
-from fedmed.deploy.tomlw import toml_table
 from fedmed.privacy.policy import Policy
 
 DEFAULT_ADDRESSES = (f"127.0.0.1:{DEFAULT_PORT}", f"localhost:{DEFAULT_PORT}")
@@ -129,7 +130,7 @@ def _write_coordinator_kit(out: Path, federation: str, ca: Issued, addresses: li
     audit_key = load_or_create_key(folder / AUDIT_KEYS_DIR)
     write_public(folder / AUDIT_PUB, public_pem(audit_key.public_key()))
     kit = {"role": "coordinator", "federation": federation, "addresses": addresses}
-    write_public(folder / KIT_FILE, toml_table("kit", {**kit, "created": _stamp()}).encode())
+    _write_kit_file(folder, kit)
 
 
 def _write_federation_file(
@@ -146,7 +147,12 @@ def _write_federation_file(
         "allowed-tasks": list(allowed_tasks),
     }
     header = "# Written by fedmed provision; --add-site appends to `sites`.\n"
-    write_public(out / FEDERATION_FILE, (header + toml_table("federation", document)).encode())
+    text = header + tomli_w.dumps({"federation": document})
+    write_public(out / FEDERATION_FILE, text.encode())
+
+
+def _write_kit_file(folder: Path, kit: dict[str, Any]) -> None:
+    write_public(folder / KIT_FILE, tomli_w.dumps({"kit": {**kit, "created": _stamp()}}).encode())
 
 
 def _federation(out: Path) -> dict[str, Any]:
@@ -223,4 +229,4 @@ def _write_site_base(out: Path, federation: dict[str, Any], site: str, folder: P
         "site": site,
         "addresses": list(federation["addresses"]),
     }
-    write_public(folder / KIT_FILE, toml_table("kit", {**kit, "created": _stamp()}).encode())
+    _write_kit_file(folder, kit)

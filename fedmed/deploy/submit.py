@@ -35,18 +35,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedmed.config import ConfigValue
 from fedmed.deploy.errors import CoordinatorUnreachable, DeployError
 from fedmed.deploy.flwr_cli import CONNECTION, Connection
 from fedmed.deploy.probe import probe_coordinator
 from fedmed.deploy.processes import ChildProcess, flower_command
-from fedmed.deploy.tomlw import TomlValue, toml_table
 from fedmed.server.progress import RESULT_MARKER
 from fedmed.state import state_dir
 
 # Flower logs each server line twice (console format and "MM/DD/YYYY HH:MM:SS:LEVEL:")
 FLOWER_DUPLICATE = re.compile(r"^\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:")
 COPIED_TABLES = ("build-system", "project")
+FlatValue = bool | int | float | str | list[str]
 MAX_APP_FILES = 100
 MAX_APP_BYTES = 10_000_000
 
@@ -64,19 +66,22 @@ class RunOutcome:
 def staged_pyproject(folder: Path, settings: Mapping[str, ConfigValue]) -> str:
     """The federation folder's pyproject with its config section replaced by ``settings``."""
     document = tomllib.loads((Path(folder) / "pyproject.toml").read_text(encoding="utf-8"))
-    parts = ["# Staged by fedmed run --coordinator from " + str(Path(folder).resolve()) + "\n"]
-    for table in COPIED_TABLES:
-        parts.append(toml_table(table, _flat(document.get(table, {}), table)))
+    staged: dict[str, Any] = {
+        table: _flat(document.get(table, {}), table) for table in COPIED_TABLES
+    }
     app = document["tool"]["flwr"]["app"]
-    parts.append(toml_table("tool.flwr.app", {"publisher": str(app.get("publisher", "fedmed"))}))
-    parts.append(toml_table("tool.flwr.app.components", _flat(app["components"], "components")))
-    parts.append(toml_table("tool.flwr.app.config", dict(settings)))
-    return "\n".join(parts)
+    staged["tool"] = {"flwr": {"app": {
+        "publisher": str(app.get("publisher", "fedmed")),
+        "components": _flat(app["components"], "components"),
+        "config": dict(settings),
+    }}}
+    header = "# Staged by fedmed run --coordinator from " + str(Path(folder).resolve()) + "\n"
+    return header + tomli_w.dumps(staged)
 
 
-def _flat(table: Mapping[str, Any], name: str) -> dict[str, TomlValue]:
+def _flat(table: Mapping[str, Any], name: str) -> dict[str, FlatValue]:
     """A table of scalars and string lists (what a federation's pyproject holds)."""
-    flat: dict[str, TomlValue] = {}
+    flat: dict[str, FlatValue] = {}
     for key, value in table.items():
         if isinstance(value, bool | int | float | str):
             flat[key] = value

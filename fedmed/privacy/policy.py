@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedmed.errors import ConfigError, PrivacyRefusal
 from fedmed.privacy.accounting import ACCOUNTANTS
 
@@ -74,25 +76,28 @@ class Policy:
         return document
 
     def to_toml(self) -> str:
-        """The policy as a commented ``policy.toml``."""
-        tasks = ", ".join(f'"{t}"' for t in self.allowed_tasks)
+        """The policy as a commented ``policy.toml`` (values written by tomli-w)."""
         return (
             "# fedmed site privacy policy: read by this site's node before every round.\n"
             "# Lifetime budget, accounted over every DP release in ledger.json at this delta.\n"
             "# epsilon = inf removes the cap (and is required for jobs without DP noise).\n"
-            f"epsilon = {_toml_float(self.epsilon)}\n"
-            f"delta = {self.delta!r}\n"
-            "# Least DP-SGD noise multiplier (sigma) a job may use.\n"
-            f"min_noise_multiplier = {self.min_noise_multiplier!r}\n"
-            '# Task packs allowed to train on this site\'s data ("*" = all).\n'
-            f"allowed_tasks = [{tasks}]\n"
-            "# Accountant the budget is measured with: rdp (default), prv or gdp.\n"
-            f'accountant = "{self.accountant}"\n'
+            + _toml_line("epsilon", float(self.epsilon))
+            + _toml_line("delta", self.delta)
+            + "# Least DP-SGD noise multiplier (sigma) a job may use.\n"
+            + _toml_line("min_noise_multiplier", self.min_noise_multiplier)
+            + '# Task packs allowed to train on this site\'s data ("*" = all).\n'
+            + _toml_line("allowed_tasks", list(self.allowed_tasks))
+            + "# Accountant the budget is measured with: rdp (default), prv or gdp.\n"
+            + _toml_line("accountant", self.accountant)
         )
 
 
-def _toml_float(value: float) -> str:
-    return "inf" if math.isinf(value) else repr(float(value))
+def _toml_line(key: str, value: Any) -> str:
+    """``key = value`` as tomli-w writes it (strings escaped), a list kept on one line."""
+    if isinstance(value, list):
+        items = ", ".join(_toml_line("v", item).removeprefix("v = ").rstrip("\n") for item in value)
+        return f"{key} = [{items}]\n"
+    return tomli_w.dumps({key: value})
 
 
 def parse_policy(text: str, source: str = POLICY_FILE) -> Policy:
