@@ -14,7 +14,8 @@ Contract with the coordinator (``fedmed.server.app``):
   ``dp-accountant``, ``dp-grad-sample-mode``, ``num-rounds``) and, from Flower's
   FedProx, ``proximal_mu`` (the node MUST then add the proximal term). Before
   training the node checks the request against its policy and ledger
-  (``fedmed.clients.private_round``).
+  (``fedmed.clients.private_round``). Its reply metrics are a
+  :class:`fedmed.privacy.reply.FitReply`, which the coordinator reads back:
 
   - Accepted: it returns the new weights, the number of training examples and the
     metrics ``site``, ``refused = 0``, ``train-loss``, ``steps``, ``epsilon`` (the

@@ -120,6 +120,33 @@ def test_study_command_runs_real_federations_without_touching_real_homes(
     assert "its local cleveland model (seed 0) scores differently" in capsys.readouterr().err
 
 
+@pytest.mark.timeout(480)  # four simulations; ~70 s on an idle machine, 184 s on a busy one
+def test_leave_one_site_out_scores_each_held_out_site_with_models_that_never_saw_it(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The smallest leave-one-site-out study end to end: three sites, one seed, one round."""
+    sites = ["cleveland", "hungary", "va"]
+    out = tmp_path / "loso"
+    args = [
+        "generalization", str(repo / "examples" / "heart"), "--seeds", "1",
+        "--strategies", "fedavg", "--fine-tune-epochs", "0", "--rounds", "1",
+        "--set", f"sites={','.join(sites)}", "--out", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    raw = json.loads((out / "generalization.json").read_text())
+    held_out = raw["leave_one_out"]["0"]
+    assert sorted(held_out) == sorted(sites)
+    for held in sites:
+        assert set(held_out[held]) == {"fedavg", "pooled", "local-mean"}
+        for scores in held_out[held].values():
+            assert math.isfinite(scores["accuracy"]) and 0.0 <= scores["accuracy"] <= 1.0
+        # The federation that is scored on the held-out site trained without it.
+        run = json.loads((out / "runs" / f"loso-{held}-seed0" / "metrics.json").read_text())
+        assert run["sites"] == [s for s in sites if s != held]
+        assert held not in run["rounds"][-1]["fit"]
+    assert "Leave-one-site-out" in (out / "generalization.md").read_text()
+
+
 def _recipe(**changes: object) -> BaselineRecipe:
     recipe = BaselineRecipe("heart", ("x", "y"), "", 20, 16, 0.05, 0.0)
     return dataclasses.replace(recipe, **changes)
