@@ -14,8 +14,7 @@ from torch.utils.data import Subset
 
 from fedmed.data.ecg_readers import WINDOW_SAMPLES
 from fedmed.data.ecg_synth import CLASS_NAMES, DENOISE_SAMPLES
-from fedmed.errors import ConfigError
-from fedmed.explain.ecg_saliency import saliency_maps, save_saliency
+from fedmed.explain.ecg_saliency import EcgSaliency
 from fedmed.privacy.trainer import DPTrainer, poisson_schedule
 from fedmed.tasks import get_task, task_names
 from fedmed.tasks.ecg import EcgTask
@@ -101,7 +100,9 @@ def test_saliency_maps_cover_the_trace_in_unit_range(name: str) -> None:
     torch.manual_seed(0)
     model = pack.build_model()
     inputs, _ = _batch(name, 3)
-    saliency, predicted, probability = saliency_maps(model, pack.gradcam_layer, inputs)
+    explainer = pack.explainer
+    assert isinstance(explainer, EcgSaliency)
+    saliency, predicted, probability = explainer.maps(model, inputs)
     assert saliency.shape == (3, WINDOW_SAMPLES)
     assert saliency.min() >= 0.0 and saliency.max() <= 1.0
     assert np.allclose(saliency.max(axis=1), 1.0)  # each map's most important sample is 1
@@ -109,7 +110,7 @@ def test_saliency_maps_cover_the_trace_in_unit_range(name: str) -> None:
         expected = torch.softmax(model.eval()(inputs), dim=1)
     assert np.array_equal(predicted, expected.argmax(1).numpy())
     assert np.allclose(probability, expected.max(1).values.numpy(), atol=1e-6)
-    layer = dict(model.named_modules())[pack.gradcam_layer]
+    layer = dict(model.named_modules())[explainer.layer]
     assert not layer._forward_hooks and not layer._backward_hooks  # the caller's model is untouched
 
 
@@ -117,9 +118,9 @@ def test_saliency_pngs_are_written(tmp_path: Path) -> None:
     pack = get_task("ecg-lstm")
     data = pack.load_site("boston", None, 0)
     torch.manual_seed(0)
-    paths = save_saliency(pack, pack.build_model(), data, tmp_path / "explain", n=2)
+    assert pack.explainer is not None and get_task("ecg-denoise").explainer is None
+    paths = pack.explainer.explain(pack.build_model(), data.test, "boston", tmp_path / "explain",
+                                   n=2)
     assert [p.name for p in paths] == ["saliency-boston-0.png", "saliency-boston-1.png"]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
-    with pytest.raises(ConfigError, match="Grad-CAM"):
-        save_saliency(get_task("ecg-denoise"), pack.build_model(), data, tmp_path)

@@ -23,6 +23,7 @@ from fedmed.cli import main
 from fedmed.clients.explanations import explain_final_round, write_explanations
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
+from fedmed.explain.base import Explainer
 from fedmed.explain.outcome import (
     COUNT,
     ERROR,
@@ -33,7 +34,7 @@ from fedmed.explain.outcome import (
 from fedmed.outputs import RunDirectory
 from fedmed.server.recording import RecordingStrategy
 from fedmed.server.run_report import write_markdown_report
-from fedmed.tasks import SiteData, TaskPack, get_task
+from fedmed.tasks import SiteData, TaskPack, get_task, task_names
 from fedmed.tasks.icd import IcdTask
 from fedmed.training.loop import get_weights
 
@@ -101,12 +102,15 @@ def test_icd_writes_evidence_json_and_markdown(icd_site: HospitalSite, tmp_path:
 
 
 def test_evidence_markdown_quotes_spans_safely(tmp_path: Path) -> None:
-    from fedmed.tasks.icd import save_evidence_markdown
+    from fedmed.explain.text_evidence import write_evidence
 
     records = [{"note": "n-1", "true_codes": ["J18"], "predicted": [
         {"code": "J18", "description": "pneumonia", "probability": 0.9,
          "spans": [{"start": 0, "end": 9, "text": "a `b`\n| c", "weight": 0.5}]}]}]
-    text = save_evidence_markdown(records, tmp_path, "x").read_text()
+    data, markdown = write_evidence(records, tmp_path, "x")
+    assert (data.name, markdown.name) == ("evidence-x.json", "evidence-x.md")
+    assert json.loads(data.read_text()) == records
+    text = markdown.read_text()
     assert "`a 'b' | c` (attention 0.50)" in text and "**J18** pneumonia (p = 0.90)" in text
 
 
@@ -149,6 +153,33 @@ def test_deid_ner_writes_a_phi_review_of_its_own_test_notes(tmp_path: Path) -> N
     assert "stays in the site home" in markdown
 
 
+def test_packs_declare_their_explainer_and_its_kind_is_the_report_text() -> None:
+    explaining = {name for name in EXPLAINED} | {"icd", "icd-minilm", "deid-ner"}
+    for name in task_names():
+        pack = get_task(name)
+        if name in explaining:
+            assert isinstance(pack.explainer, Explainer) and pack.explainer.kind
+            assert pack.explanation_kind == pack.explainer.kind
+        else:
+            assert pack.explainer is None and pack.explanation_kind == ""
+
+
+def test_explainers_import_no_task_pack_node_or_coordinator() -> None:
+    """The layering rule (fedmed.tasks may import fedmed.explain, never the reverse), checked
+    on every import statement, those inside functions included."""
+    import ast
+
+    import fedmed.explain
+
+    banned = ("fedmed.tasks", "fedmed.clients", "fedmed.server", "clients", "server")
+    for path in Path(fedmed.explain.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(banned), f"{path.name} imports {name}"
+
+
 @pytest.mark.parametrize("name", ["heart", "ecg-denoise"])
 def test_packs_without_an_explainer_write_nothing(name: str, tmp_path: Path) -> None:
     pack = get_task(name)
@@ -159,17 +190,30 @@ def test_packs_without_an_explainer_write_nothing(name: str, tmp_path: Path) -> 
 # --- failures are reported, never silent, never fatal ---------------------------------------
 
 
+class _BrokenExplainer(Explainer):
+    """Raises (or, with ``silent``, claims to explain but writes nothing)."""
+
+    kind = "pictures"
+
+    def __init__(self, silent: bool) -> None:
+        self.silent = silent
+
+    def explain(self, model, examples, site, out_dir, n=4):  # noqa: ANN001, ANN201
+        if self.silent:
+            return []
+        raise RuntimeError("layer 'features.9' not found")
+
+
 class _Broken(TaskPack):
-    """A pack whose explainer raises (or, with ``silent``, claims to explain but writes nothing)."""
+    """A pack whose declared explainer raises (or, with ``silent``, writes nothing)."""
 
     name = "broken"
     metrics = ("accuracy",)
     primary_metric = "accuracy"
     default_sites = ("a",)
-    explanation_kind = "pictures"
 
     def __init__(self, silent: bool = False) -> None:
-        self.silent = silent
+        self.explainer = _BrokenExplainer(silent)  # type: ignore[misc]
 
     def load_site(self, site, data_dir, seed):  # noqa: ANN001, ANN201
         raise NotImplementedError
@@ -182,11 +226,6 @@ class _Broken(TaskPack):
 
     def evaluate(self, model, dataset, device):  # noqa: ANN001, ANN201
         raise NotImplementedError
-
-    def explain(self, model, site_data, out_dir):  # noqa: ANN001, ANN201
-        if self.silent:
-            return []
-        raise RuntimeError("layer 'features.9' not found")
 
 
 def test_a_failing_explainer_is_logged_and_reported(

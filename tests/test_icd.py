@@ -19,20 +19,12 @@ from fedmed.data.text_admission import KNOWN_IDENTIFIER_REASON, admitted_site_no
 from fedmed.deid.gate import Gate
 from fedmed.deid.phi import Document
 from fedmed.errors import ConfigError, DataError
+from fedmed.explain.text_evidence import evidence_records, write_evidence
 from fedmed.state import state_root
 from fedmed.tasks import get_task, task_names
-from fedmed.tasks.icd import (
-    MAX_TOKENS,
-    CamlNet,
-    IcdTask,
-    NotesDataset,
-    admit_site,
-    attention_evidence,
-    coding_scores,
-    default_site_home,
-    encode,
-    save_evidence,
-)
+from fedmed.tasks.icd import IcdTask, admit_site, default_site_home
+from fedmed.tasks.icd_encoding import MAX_TOKENS, NotesDataset, encode
+from fedmed.tasks.icd_model import CamlNet, coding_scores
 from fedmed.training.loop import TrainSettings, train_round
 
 CPU = torch.device("cpu")
@@ -276,14 +268,14 @@ def test_evidence_spans_are_substrings_of_the_released_text(rural, trained,
     model = trained[0]
     explained = 0
     for text in rural.test.texts[:10]:
-        for item in attention_evidence(model, text, top_k=3):
+        for item in model.evidence(text, top_k=3):
             assert item.code in CODE_IDS and item.probability >= 0.5 and item.description
             assert 1 <= len(item.spans) <= 3
             for span in item.spans:
                 assert text[span.start:span.end] == span.text and span.text.strip()
             explained += 1
     assert explained >= 10
-    path = save_evidence(model, rural.test, tmp_path, SITE, n=3)
+    path, _ = write_evidence(evidence_records(model, rural.test, n=3), tmp_path, SITE)
     records = json.loads(path.read_text())
     assert len(records) == 3 and all("predicted" in r for r in records)
 

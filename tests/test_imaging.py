@@ -30,7 +30,7 @@ from fedmed.data.imaging_readers import (
 )
 from fedmed.data.imaging_synth import IMAGE_SIZE, SITES, make_site_images, simulate_site
 from fedmed.errors import ConfigError, DataError
-from fedmed.explain.gradcam import save_gradcam
+from fedmed.explain.gradcam import GradCam
 from fedmed.tasks import get_task, task_names
 from fedmed.training.loop import TrainSettings, train_round
 
@@ -331,11 +331,11 @@ def test_local_only_model_fails_on_a_shifted_site(name: str, margin: float) -> N
 def test_gradcam_writes_png_overlays(tmp_path: Path) -> None:
     pack, model = trained("imaging-cls", "legacy", epochs=2)
     data = pack.load_site("legacy", None, 0)
-    paths = save_gradcam(pack, model, data, tmp_path / "explain", n=3)
+    explainer = pack.explainer
+    assert isinstance(explainer, GradCam)
+    paths = explainer.explain(model, data.test, "legacy", tmp_path / "explain", n=3)
     assert [p.name for p in paths] == [f"gradcam-legacy-{index}.png" for index in range(3)]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
-    layer = dict(model.named_modules())[pack.gradcam_layer]
+    layer = dict(model.named_modules())[explainer.layer]
     assert not layer._forward_hooks and not layer._backward_hooks  # the caller's model is untouched
-    with pytest.raises(ConfigError, match="Grad-CAM"):
-        save_gradcam(get_task("imaging-seg"), model, data, tmp_path)

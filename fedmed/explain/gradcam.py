@@ -1,106 +1,110 @@
-"""Grad-CAM heatmaps for the imaging classifier, saved as PNG overlays.
+"""Grad-CAM: the one implementation, for 2-D images and 1-D signals, and image overlays.
 
 A clinician asked to trust a federated model wants to see *where* it looked. Grad-CAM
-(Selvaraju et al., 2017) weights a convolutional feature map by the gradient of the output
-logit and shows which regions pushed the score up; MONAI's :class:`monai.visualize.GradCAM`
-computes it and upsamples it to the image. The map explains the positive logit ("large lesion
-present"), so on a negative image it shows what, if anything, argued for a lesion.
+(Selvaraju et al., 2017) weights a convolutional feature map by the gradient of one output
+logit and shows which regions pushed that score up; MONAI's :class:`monai.visualize.GradCAM`
+computes it and upsamples it to the input. :func:`grad_cam` is used for images (here) and for
+ECG traces (:mod:`fedmed.explain.ecg_saliency`): MONAI handles 1-D convolutions as they are
+(its up-sampler picks linear interpolation for one spatial dimension).
 
 MONAI's default post-processing maps each map's (min, max) to (1, 0) — it flips magnitudes, so
 the regions that mattered most would be drawn coldest. :func:`unit_range` is passed instead.
 
-The model is deep-copied first: MONAI registers forward and backward hooks on the layer it
-explains and never removes them, and a node may go on training or wrapping the same model
-(Opacus adds its own hooks) after writing explanations.
+The model is copied first (:func:`~fedmed.explain.base.explained_copy`): MONAI leaves its
+hooks registered on the layer it explains.
 
-A segmentation model needs no saliency method: its output *is* a map of where it found the
-object. :func:`save_mask_overlays` draws the predicted mask against the true one, so a reader
-sees at a glance what was missed (true only) and what was invented (predicted only).
+:class:`GradCam` explains a single-logit image classifier (``imaging-cls``): the map explains
+the positive logit ("large lesion present"), so on a negative image it shows what, if
+anything, argued for a lesion.
 """
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from torch import nn
 
-from fedmed.errors import ConfigError
-from fedmed.tasks.base import SiteData, TaskPack
+from fedmed.explain.base import PictureExplainer, explained_copy
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 OVERLAY_ALPHA = 0.45
-# RGBA of the mask overlay: true only (missed), predicted only (invented), both (found).
-MISSED = (0.1, 0.8, 0.1, 0.55)
-INVENTED = (0.9, 0.1, 0.1, 0.55)
-FOUND = (1.0, 0.85, 0.0, 0.55)
 
 
-def save_gradcam(
-    pack: TaskPack, model: nn.Module, site_data: SiteData, out_dir: str | Path, n: int = 4
-) -> list[Path]:
-    """Write Grad-CAM overlays of the first ``n`` test images of a site; return the PNG paths.
+def grad_cam(
+    model: nn.Module, layer: str, inputs: torch.Tensor, class_idx: int | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Grad-CAM of ``layer`` for each input, and the model's logits on ``inputs``.
 
-    ``pack`` must name the layer to explain in ``gradcam_layer`` (``imaging-cls`` does). Files are
-    ``gradcam-<site>-<index>.png`` in ``out_dir`` (created if needed); the title of each shows the
-    true label and the model's probability.
+    ``inputs`` is (n × 1 × spatial…): images (H × W) or traces (samples). The maps explain
+    logit ``class_idx``, or each input's predicted class when None; they are upsampled to the
+    input and scaled to ``[0, 1]`` per input (n × spatial…). ``model`` is left unchanged.
     """
-    layer = getattr(pack, "gradcam_layer", None)
-    if not layer:
-        raise ConfigError(f"task {pack.name!r} has no Grad-CAM layer (gradcam_layer)")
-    count = min(n, len(site_data.test))  # type: ignore[arg-type]
-    if count < 1:
-        return []
-    images = torch.stack([site_data.test[index][0] for index in range(count)])
-    labels = [float(site_data.test[index][1]) for index in range(count)]
-    heatmaps, probabilities = gradcam_maps(model, layer, images)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(count):
-        path = out / f"gradcam-{site_data.site}-{index}.png"
-        title = f"{site_data.site} #{index}: label {labels[index]:.0f}, "
-        title += f"p={probabilities[index]:.2f}"
-        save_overlay(images[index, 0].numpy(), heatmaps[index], title, path)
-        paths.append(path)
-    return paths
-
-
-def gradcam_maps(
-    model: nn.Module, layer: str, images: torch.Tensor
-) -> tuple[np.ndarray, np.ndarray]:
-    """Heatmaps in ``[0, 1]`` (n × H × W) and sigmoid probabilities of single-logit ``model``."""
     from monai.visualize import GradCAM  # MONAI's import is slow: only when explaining
 
-    explained = copy.deepcopy(model).cpu().eval()
+    explained = explained_copy(model)
     cam = GradCAM(nn_module=explained, target_layers=layer, postprocessing=unit_range)
-    heatmaps = cam(x=images, class_idx=0).detach()[:, 0].numpy()
+    maps = cam(x=inputs, class_idx=class_idx).detach()[:, 0].numpy()
     with torch.no_grad():
-        probabilities = torch.sigmoid(explained(images).reshape(len(images), -1)[:, 0]).numpy()
-    return heatmaps, probabilities
+        logits = explained(inputs)
+    return maps, logits
 
 
 def unit_range(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each map of a batch (n × 1 × H × W) to ``[0, 1]``, most important region = 1."""
+    """Scale each map of a batch (n × 1 × spatial…) to ``[0, 1]``, most important region = 1."""
     flat = maps.flatten(1)
     low = flat.min(dim=1).values.view(-1, *[1] * (maps.dim() - 1))
     span = (flat.max(dim=1).values.view_as(low) - low).clamp_min(1e-12)
     return (maps - low) / span
 
 
-def save_overlay(image: np.ndarray, heatmap: np.ndarray, title: str, path: Path) -> None:
+class GradCam(PictureExplainer):
+    """Grad-CAM overlays of a single-logit image classifier's ``layer``.
+
+    Files are ``gradcam-<site>-<index>.png``: the image beside it with the heatmap over it,
+    titled with the true label and the model's probability.
+    """
+
+    kind = "Grad-CAM overlays (PNG)"
+    prefix = "gradcam"
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer  # a dotted module name, e.g. the last feature map
+
+    def maps(self, model: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmaps in ``[0, 1]`` (n × H × W) of the positive logit, and its sigmoid
+        probabilities."""
+        heatmaps, logits = grad_cam(model, self.layer, images, class_idx=0)
+        return heatmaps, torch.sigmoid(logits.reshape(len(images), -1)[:, 0]).numpy()
+
+    def figures(
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, captions: list[str]
+    ) -> list[Figure]:
+        heatmaps, probabilities = self.maps(model, inputs)
+        return [
+            overlay_figure(inputs[index, 0].numpy(), heatmaps[index],
+                           f"{caption}: label {float(targets[index]):.0f}, "
+                           f"p={probabilities[index]:.2f}")
+            for index, caption in enumerate(captions)
+        ]
+
+
+def overlay_figure(image: np.ndarray, heatmap: np.ndarray, title: str) -> Figure:
     """The grey image with the heatmap blended over it, side by side with the image alone."""
     figure, overlay = image_pair(image, title)
     overlay.imshow(heatmap, cmap="jet", alpha=OVERLAY_ALPHA, vmin=0.0, vmax=1.0)
-    figure.savefig(path)
+    return figure
 
 
 def image_pair(image: np.ndarray, title: str) -> tuple[Figure, Axes]:
     """A titled figure with the grey image twice; returns it and the right-hand axes, where
     the caller draws its overlay (the left copy lets the reader see what lies underneath)."""
+    from matplotlib.figure import Figure  # matplotlib: only when drawing
+
     figure = Figure(figsize=(4.4, 2.4), dpi=100)
     plain, overlay = figure.subplots(1, 2)
     for axes in (plain, overlay):
@@ -108,50 +112,3 @@ def image_pair(image: np.ndarray, title: str) -> tuple[Figure, Axes]:
         axes.set_axis_off()
     figure.suptitle(title, fontsize=8)
     return figure, overlay
-
-
-def save_mask_overlays(
-    model: nn.Module, site_data: SiteData, out_dir: str | Path, n: int = 4
-) -> list[Path]:
-    """Write predicted-vs-true mask overlays of the first ``n`` test images; return the PNGs.
-
-    Files are ``segmentation-<site>-<index>.png`` in ``out_dir`` (created if needed): the image
-    alone and with the masks over it (yellow: found, green: missed, red: predicted where there
-    is no object), titled with the image's Dice.
-    """
-    from fedmed.tasks.imaging_seg import segmentation_scores  # the pack's own Dice, not a copy
-
-    count = min(n, len(site_data.test))  # type: ignore[arg-type]
-    if count < 1:
-        return []
-    images = torch.stack([site_data.test[index][0] for index in range(count)])
-    masks = torch.stack([site_data.test[index][1] for index in range(count)])
-    explained = copy.deepcopy(model).cpu().eval()
-    with torch.no_grad():
-        logits = explained(images)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(count):
-        dice = segmentation_scores(logits[index : index + 1], masks[index : index + 1])["dice"]
-        path = out / f"segmentation-{site_data.site}-{index}.png"
-        title = f"{site_data.site} #{index}: Dice {dice:.2f} "
-        title += "(yellow: found, green: missed, red: extra)"
-        predicted = torch.sigmoid(logits[index, 0]).numpy() >= 0.5
-        save_mask_overlay(images[index, 0].numpy(), masks[index, 0].numpy() >= 0.5, predicted,
-                          title, path)
-        paths.append(path)
-    return paths
-
-
-def save_mask_overlay(
-    image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, title: str, path: Path
-) -> None:
-    """The grey image beside the same image with both masks coloured over it."""
-    layer = np.zeros((*image.shape, 4))
-    layer[truth & predicted] = FOUND
-    layer[truth & ~predicted] = MISSED
-    layer[~truth & predicted] = INVENTED
-    figure, overlay = image_pair(image, title)
-    overlay.imshow(layer)
-    figure.savefig(path)

@@ -9,8 +9,9 @@ site's policy, ledger and audit log, so the hospital that holds the data also ho
 can delete — everything drawn from it.
 
 When: on the run's last evaluation. The coordinator marks it in the evaluate config
-(:data:`FINAL_ROUND`, with ``run-id``); the node then calls the task pack's
-:meth:`~fedmed.tasks.base.TaskPack.explain` on the model it has just scored
+(:data:`FINAL_ROUND`, with ``run-id``); the node then runs the explainer its task pack
+declares (an :class:`fedmed.explain.base.Explainer`, through
+:meth:`~fedmed.tasks.base.TaskPack.explain`) on the model it has just scored
 (:mod:`fedmed.clients.explanations`).
 
 What travels back: non-patient metadata only, in the evaluate reply's metrics —
@@ -45,11 +46,6 @@ RUNS_DIR = "runs"
 EXPLANATIONS_DIR = "explanations"
 MAX_ERROR_CHARS = 300  # the error travels in a metric: type and message, not a traceback
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-def markdown_code_span(text: str) -> str:
-    """``text`` safe inside a Markdown code span: one line, no backticks (explanation files
-    quote note text this way so none of it is read as Markdown)."""
-    return " ".join(text.split()).replace("`", "'")
 
 
 def explanation_folder(site_home: Path, run_id: str) -> Path:

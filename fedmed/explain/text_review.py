@@ -9,20 +9,55 @@ every predicted span that touches no gold span as *extra*, each with its type an
 tagger's PHI probability (deid's span score: the mean marginal PHI probability of its
 tokens). The note itself is written out with the spans marked in place.
 
+:class:`PhiReview` is the explainer (``deid-ner`` declares it with its own tagger); the
+review is written as ``phi-review-<site>.json`` and ``.md`` by the JSON + Markdown writer
+every text explainer shares (:func:`fedmed.explain.base.write_json_and_markdown`).
+
 The files hold the site's raw notes, PHI included: like every explanation they are written
 into the site home and never sent (:mod:`fedmed.explain.outcome`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+from torch.utils.data import Dataset
+
 from fedmed.deid.evaluate import leaked
 from fedmed.deid.phi import Document, Span
-from fedmed.explain.outcome import markdown_code_span
+from fedmed.errors import ConfigError
+from fedmed.explain.base import Explainer, markdown_code_span, write_json_and_markdown
+
+# The tagger under review: (model, note texts) → the PHI spans it predicts in each note.
+Tagger = Callable[[nn.Module, list[str]], list[list[Span]]]
+
+
+class PhiReview(Explainer):
+    """The PHI a tagger found, missed and over-flagged on a site's first test notes.
+
+    ``tag`` runs the model as a tagger; the examples must carry their annotated notes as
+    ``documents`` (deid-ner's ``NoteWindows`` does). The files hold the notes, PHI included.
+    """
+
+    kind = "PHI review per note: found, missed and over-flagged spans (JSON, Markdown)"
+
+    def __init__(self, tag: Tagger) -> None:
+        self.tag = tag
+
+    def explain(
+        self, model: nn.Module, examples: Dataset, site: str, out_dir: Path, n: int = 4
+    ) -> list[Path]:
+        documents: Sequence[Document] | None = getattr(examples, "documents", None)
+        if documents is None:
+            raise ConfigError("a PHI review needs test examples that carry their annotated "
+                              "notes (documents), such as deid-ner's NoteWindows")
+        documents = documents[:n]
+        predicted = self.tag(model, [doc.text for doc in documents])
+        records = [review_note(doc, spans) for doc, spans in zip(documents, predicted, strict=True)]
+        return write_review(records, out_dir, site)
 
 
 def review_note(doc: Document, predicted: Sequence[Span]) -> dict[str, Any]:
@@ -64,10 +99,13 @@ def marked_text(text: str, missed: Sequence[dict[str, Any]], found: Sequence[dic
 def write_review(records: Sequence[dict[str, Any]], out_dir: str | Path, site: str
                  ) -> list[Path]:
     """``phi-review-<site>.json`` (for tools) and ``phi-review-<site>.md`` (for people)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = out / f"phi-review-{site}.json"
-    data.write_text(json.dumps(list(records), indent=2) + "\n", encoding="utf-8")
+    return write_json_and_markdown(records, review_markdown(records, site), out_dir,
+                                   f"phi-review-{site}")
+
+
+def review_markdown(records: Sequence[dict[str, Any]], site: str) -> list[str]:
+    """The lines of ``phi-review-<site>.md``: per note its counts, its misses and extras, and
+    the marked note in a fence."""
     lines = [f"# PHI review: {site}", "",
              "What the federated tagger found, missed and over-flagged on this site's first test "
              "notes. These notes hold PHI: this file stays in the site home.", ""]
@@ -81,6 +119,4 @@ def write_review(records: Sequence[dict[str, Any]], out_dir: str | Path, site: s
                       for item in record[kind]]
         fence = "~~~~"
         lines += ["", fence, record["marked"].replace(fence, "~~~"), fence, ""]
-    review = out / f"phi-review-{site}.md"
-    review.write_text("\n".join(lines), encoding="utf-8")
-    return [data, review]
+    return lines

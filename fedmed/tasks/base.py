@@ -2,7 +2,7 @@
 
 A task pack is everything fedmed knows about one learning task: how to load one
 site's data (train/val/test), which model to build, the loss, and how to score a
-model, and optionally how to explain it. Packs never know about Flower or Opacus:
+model, and optionally which explainer explains it. Packs never know about Flower or Opacus:
 the node (``fedmed.clients``) builds optimisers and data loaders, wraps them for
 DP-SGD, and calls the pack. That is what lets every pack run with DP and in every
 federation unchanged.
@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from fedmed.explain.base import Explainer
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,10 @@ class TaskPack(ABC):
     - ``default_lr``, ``default_batch_size``, ``default_local_epochs``: training defaults a
       federation config may override.
 
-    A pack that can explain its model also sets ``explanation_kind`` (what its files are,
-    for the run report) and overrides :meth:`explain`.
+    A pack that can explain its model declares its ``explainer`` (an
+    :class:`~fedmed.explain.base.Explainer`: Grad-CAM, mask overlays, ECG saliency, text
+    evidence, PHI review); :meth:`explain` runs it and :attr:`explanation_kind` is its
+    ``kind``. A pack without one (``None``) explains nothing.
     """
 
     name: ClassVar[str]
@@ -57,8 +61,13 @@ class TaskPack(ABC):
     default_lr: ClassVar[float] = 0.05
     default_batch_size: ClassVar[int] = 32
     default_local_epochs: ClassVar[int] = 1
-    explanation_kind: ClassVar[str] = ""  # e.g. "Grad-CAM overlays (PNG)"; "" = no explainer
+    explainer: ClassVar[Explainer | None] = None  # None: the pack explains nothing
     explain_examples: ClassVar[int] = 4  # test examples a site explains at the end of a run
+
+    @property
+    def explanation_kind(self) -> str:
+        """What the pack's explanation files are, for the run report ("" = no explainer)."""
+        return self.explainer.kind if self.explainer is not None else ""
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         """Sites available for this pack (the built-in ones unless a pack reads ``data_dir``)."""
@@ -83,14 +92,18 @@ class TaskPack(ABC):
         """Score ``model`` on ``dataset``; keys are exactly ``self.metrics``."""
 
     def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
-        """Write explanations of ``model`` on a few test examples of the site into ``out_dir``.
+        """Run the pack's explainer on the first :attr:`explain_examples` test examples of
+        the site, writing into ``out_dir``; returns the files written (none without one).
 
-        Returns the files written (none by default: a pack without ``explanation_kind`` has
-        no explainer). The files show patient data, so the node writes them into its own
-        site home on the run's last evaluation and never sends them (fedmed.explain.outcome);
-        an explainer may therefore draw raw test inputs. It must not change ``model``.
+        The files show patient data, so the node writes them into its own site home on the
+        run's last evaluation and never sends them (fedmed.explain.outcome); an explainer may
+        therefore draw raw test inputs. It must not change ``model``.
         """
-        return []
+        if self.explainer is None:
+            return []
+        return self.explainer.explain(
+            model, site_data.test, site_data.site, Path(out_dir), self.explain_examples
+        )
 
 
 def predict(

@@ -92,12 +92,12 @@ from fedmed.deid.bilstm_crf import (
 from fedmed.deid.corpus import ALT_RE, SLOT_RE
 from fedmed.deid.dates import MONS, MONTHS, WEEKDAYS
 from fedmed.deid.evaluate import score
-from fedmed.deid.phi import Document
+from fedmed.deid.phi import Document, Span
 from fedmed.deid.templates import CONDITIONS, EVENTS, EXAM, LABS, MEDS, PLANS, SNIPPETS, TEMPLATES
 from fedmed.deid.train import windowed_examples
 from fedmed.deid.train import word_dropout as drop_words_to_unknown
-from fedmed.errors import ConfigError, DataError
-from fedmed.explain.text_review import review_note, write_review
+from fedmed.errors import DataError
+from fedmed.explain.text_review import PhiReview
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays
 
@@ -321,6 +321,12 @@ def export_tagger(model: DPBiLstmCrf, path: str | Path) -> Path:
     return as_tagger(plain).save(path)
 
 
+def tag_notes(model: nn.Module, texts: list[str]) -> list[list[Span]]:
+    """The PHI spans ``model`` predicts in whole notes, on the device it sits on (what the
+    pack's PHI review shows, :class:`fedmed.explain.text_review.PhiReview`)."""
+    return as_tagger(model, next(model.parameters()).device).predict(texts)
+
+
 # ------------------------------------------------------------------------------ pack
 @register_task("deid-ner")
 class DeidNerTask(TaskPack):
@@ -334,7 +340,7 @@ class DeidNerTask(TaskPack):
     default_lr = 0.02
     default_batch_size = 32
     default_local_epochs = 1
-    explanation_kind = "PHI review per note: found, missed and over-flagged spans (JSON, Markdown)"
+    explainer = PhiReview(tag_notes)  # found, missed and extra PHI; the files hold the notes
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
@@ -379,15 +385,4 @@ class DeidNerTask(TaskPack):
         return {"phi_recall": float(binary["recall"]),
                 "phi_precision": float(binary["precision"]),
                 "phi_f1": float(binary["f1"])}
-
-    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
-        """The tagger's found, missed and extra PHI on the site's first test notes
-        (:mod:`fedmed.explain.text_review`); the files hold the notes, PHI included."""
-        if not isinstance(site_data.test, NoteWindows):
-            raise ConfigError("deid-ner explanations need the pack's NoteWindows")
-        documents = site_data.test.documents[: self.explain_examples]
-        device = next(model.parameters()).device
-        predicted = as_tagger(model, device).predict([doc.text for doc in documents])
-        records = [review_note(doc, spans) for doc, spans in zip(documents, predicted, strict=True)]
-        return write_review(records, out_dir, site_data.site)
 

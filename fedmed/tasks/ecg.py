@@ -15,6 +15,9 @@ Hannun et al. 2019) — convolution blocks with GroupNorm (BatchNorm is incompat
 DP-SGD's per-sample gradients), ReLU and max-pooling, then global average pooling and a
 linear layer. Its receptive field (~2.2 s) spans several beats, which irregular-rhythm
 detection needs; global pooling makes beat counting (the rate classes) easy.
+
+Explainer: 1-D Grad-CAM under the trace (:class:`fedmed.explain.ecg_saliency.EcgSaliency`) of
+the last feature map (~31 steps of 0.16 s) before pooling, for each window's predicted class.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from fedmed.data.ecg_synth import CLASS_NAMES, SITES, make_site_windows
 from fedmed.data.site_folders import site_folders
 from fedmed.data.splits import stratified_split
 from fedmed.errors import DataError
+from fedmed.explain.ecg_saliency import EcgSaliency
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
 
@@ -121,9 +125,7 @@ class EcgTask(TaskPack):
     default_batch_size = 32
     default_local_epochs = 2
     class_names = CLASS_NAMES
-    # The last feature map (~31 steps of 0.16 s) before pooling: what ecg_saliency draws.
-    gradcam_layer = last_layer_name(conv_features(BLOCKS))
-    explanation_kind = "Grad-CAM saliency over the trace (PNG)"
+    explainer = EcgSaliency(last_layer_name(conv_features(BLOCKS)), CLASS_NAMES)
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
@@ -160,15 +162,6 @@ class EcgTask(TaskPack):
             "accuracy": float((predicted == labels).mean()),
             "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
         }
-
-    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
-        """1-D Grad-CAM over the first test windows (:mod:`fedmed.explain.ecg_saliency`);
-        subclasses with another model (``ecg-lstm``) only name their ``gradcam_layer``."""
-        from fedmed.explain.ecg_saliency import (
-            save_saliency,  # matplotlib/MONAI: only when explaining
-        )
-
-        return save_saliency(self, model, site_data, out_dir, n=self.explain_examples)
 
 
 def _dataset(windows: np.ndarray, labels: np.ndarray) -> TensorDataset:

@@ -17,6 +17,9 @@ DP-SGD: ``torch.nn.LSTM`` has no per-sample gradients in Opacus, so the LSTM is
 can differentiate per example. It is a plain ``nn.Module`` (the pack never runs Opacus), and
 normalisation is GroupNorm as in the CNN. Importing ``opacus.layers`` is the one Opacus
 import a pack makes: it provides a layer, not a training loop.
+
+Explainer: the CNN pack's 1-D Grad-CAM, of the convolutional features the LSTM reads (their
+gradients pass through the recurrence).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from opacus.layers import DPLSTM
 from torch import nn
 
 from fedmed.data.ecg_synth import CLASS_NAMES
+from fedmed.explain.ecg_saliency import EcgSaliency
 from fedmed.tasks import register_task
 from fedmed.tasks.ecg import Block, EcgTask, conv_features, last_layer_name
 
@@ -55,7 +59,7 @@ class EcgCnnLstm(nn.Module):
 class EcgLstmTask(EcgTask):
     """The ``ecg`` rhythm task with :class:`EcgCnnLstm` as its model."""
 
-    gradcam_layer = last_layer_name(conv_features(LSTM_BLOCKS))
+    explainer = EcgSaliency(last_layer_name(conv_features(LSTM_BLOCKS)), CLASS_NAMES)
 
     def build_model(self) -> nn.Module:
         return EcgCnnLstm(len(self.class_names))

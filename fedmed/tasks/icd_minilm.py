@@ -46,8 +46,10 @@ import torch
 from torch import nn
 
 from fedmed.data.text_admission import write_private
+from fedmed.explain.text_evidence import CodeEvidence, evidence_from_attention
 from fedmed.tasks import register_task
-from fedmed.tasks.icd import CodeEvidence, IcdTask, NotesDataset, evidence_from_attention
+from fedmed.tasks.icd import IcdTask
+from fedmed.tasks.icd_encoding import NotesDataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights come from site-packages only
 
@@ -156,7 +158,7 @@ class MiniLMCoder(nn.Module):
 
     ``top`` is a copy of the pretrained sixth layer (linear, LayerNorm and dropout modules
     only, which Opacus computes per-example gradients for); ``attention`` and ``output`` are
-    the CAML head of :class:`fedmed.tasks.icd.CamlNet`.
+    the CAML head of :class:`fedmed.tasks.icd_model.CamlNet`.
     """
 
     def __init__(self, top: nn.Module, hidden: int, num_codes: int) -> None:
@@ -179,7 +181,7 @@ class MiniLMCoder(nn.Module):
         return self.attend(features)[0]
 
     def evidence(self, text: str, top_k: int = 3) -> list[CodeEvidence]:
-        """:func:`fedmed.tasks.icd.evidence_from_attention` over subwords: a span is an
+        """:func:`fedmed.explain.text_evidence.evidence_from_attention` over subwords: a span is an
         attended subword and :data:`EVIDENCE_REACH` subwords either side."""
         ids, mask, offsets = subwords([text])
         real = offsets[0]

@@ -15,8 +15,10 @@ with BatchNorm (Project-MONAI/MONAI PR #9028, open) and Opacus refuses the model
 the loss is binary cross-entropy.
 
 Metrics: ``auc`` (primary: threshold-free, so it compares sites whose case mix and calibration
-differ) and ``accuracy`` at probability 0.5. :mod:`fedmed.explain.gradcam` draws Grad-CAM maps
-of :attr:`ImagingClassificationTask.gradcam_layer`.
+differ) and ``accuracy`` at probability 0.5.
+
+Explainer: Grad-CAM (:class:`fedmed.explain.gradcam.GradCam`) of :data:`GRADCAM_LAYER`, the last
+feature map.
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ from fedmed.data.imaging_readers import (
     read_classification_folder,
 )
 from fedmed.data.imaging_synth import IMAGE_SIZE, SiteImages
+from fedmed.explain.gradcam import GradCam
 from fedmed.tasks import register_task
-from fedmed.tasks.base import SiteData, predict
+from fedmed.tasks.base import predict
 from fedmed.tasks.imaging_pack import ImagingPack
 
 INIT_FEATURES = 16
 GROWTH_RATE = 8
 BLOCKS = (2, 2)  # dense layers per block; the stem quarters the grid, each transition halves it
 GROUPS = 4  # every layer width (16, 24, 32) is a multiple
+GRADCAM_LAYER = "class_layers.relu"  # last feature map (4 × 4 grid) of build_classifier
 
 
 def build_classifier() -> nn.Module:
@@ -79,8 +83,7 @@ class ImagingClassificationTask(ImagingPack):
     default_batch_size = 32
     default_local_epochs = 1
     site_marker = LABELS_FILE
-    gradcam_layer = "class_layers.relu"  # last feature map (4 × 4 grid) of build_classifier
-    explanation_kind = "Grad-CAM overlays (PNG)"
+    explainer = GradCam(GRADCAM_LAYER)
 
     def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
         return images.images, images.labels
@@ -100,9 +103,3 @@ class ImagingClassificationTask(ImagingPack):
         self, model: nn.Module, dataset: Dataset, device: torch.device
     ) -> dict[str, float]:
         return binary_scores(*predict(model, dataset, device))
-
-    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
-        """Grad-CAM overlays of the first test images (``fedmed.explain.gradcam.save_gradcam``)."""
-        from fedmed.explain.gradcam import save_gradcam  # matplotlib/MONAI: only when explaining
-
-        return save_gradcam(self, model, site_data, out_dir, n=self.explain_examples)

@@ -25,6 +25,10 @@ pixels of the model grid, lower is better — from MONAI's ``DiceMetric`` and
 ``HausdorffDistanceMetric`` on predictions thresholded at 0.5. An image where the model finds
 nothing scores Dice 0 and the image diagonal as its distance, so a model cannot improve its
 mean by predicting empty masks.
+
+Explainer: predicted vs true mask overlays (:class:`fedmed.explain.mask_overlay.MaskOverlay`)
+titled with each image's Dice from :func:`image_dice` — a U-Net's output is its own map: where
+it draws the mask is what it found, so no saliency method is needed.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ from torch.utils.data import Dataset
 
 from fedmed.data.imaging_readers import IMAGES_DIR, read_segmentation_folder
 from fedmed.data.imaging_synth import IMAGE_SIZE, SiteImages
+from fedmed.explain.mask_overlay import MaskOverlay
 from fedmed.tasks import register_task
-from fedmed.tasks.base import SiteData, predict
+from fedmed.tasks.base import predict
 from fedmed.tasks.imaging_pack import ImagingPack
 
 CHANNELS = (8, 16, 32)
@@ -85,6 +90,11 @@ def segmentation_scores(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, 
     return {"dice": float(dice_per_image.mean()), "hd95": float(hd95.mean())}
 
 
+def image_dice(logits: torch.Tensor, masks: torch.Tensor) -> float:
+    """The Dice of :func:`segmentation_scores` (mean over the given images)."""
+    return segmentation_scores(logits, masks)["dice"]
+
+
 @functools.cache
 def _dice_loss() -> nn.Module:
     """Soft Dice per image, averaged (see the module docstring for why not batch-wide)."""
@@ -103,7 +113,7 @@ class ImagingSegmentationTask(ImagingPack):
     default_batch_size = 16
     default_local_epochs = 1
     site_marker = IMAGES_DIR
-    explanation_kind = "predicted vs true mask overlays (PNG)"
+    explainer = MaskOverlay(dice=image_dice)
 
     def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
         return images.images, images.masks
@@ -121,10 +131,3 @@ class ImagingSegmentationTask(ImagingPack):
         self, model: nn.Module, dataset: Dataset, device: torch.device
     ) -> dict[str, float]:
         return segmentation_scores(*predict(model, dataset, device))
-
-    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
-        """Predicted vs true masks over the first test images (a U-Net's output is its own map:
-        where it draws the mask is what it found; no saliency method needed)."""
-        from fedmed.explain.gradcam import save_mask_overlays  # matplotlib: only when explaining
-
-        return save_mask_overlays(model, site_data, out_dir, n=self.explain_examples)
