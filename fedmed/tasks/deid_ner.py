@@ -7,9 +7,9 @@ name origins, MRN/phone/date formats — so a tagger trained at one hospital mis
 styles of the others. With ``data_dir`` a site trains on its own i2b2-2014 XML annotations
 (``<data_dir>/<site>/{train,val,test}/*.xml``).
 
-Why this pack reads raw notes (DESIGN.md §1 says packs receive what the de-id gate released):
-its labels *are* the PHI spans, so it cannot train on released text. The notes never leave
-the node; what leaves is the model update, which DP-SGD bounds (on by default in
+Why this pack reads raw notes (docs/architecture.md § Data flow: packs receive what the de-id
+gate released): its labels *are* the PHI spans, so it cannot train on released text. The
+notes never leave the node; what leaves is the model update, which DP-SGD bounds (on by default in
 ``examples/deid-ner``). The model is kept from holding PHI *by construction* as well:
 
 - **Shared vocabulary from public text only.** Word ids come from a vocabulary built from the

