@@ -4,11 +4,11 @@ Data flow (docs/architecture.md § Data flow): raw note → de-identification ga
 model. The built-in sites hold the raw synthetic notes of :mod:`fedmed.data.icd_synth` (26
 codes, long-tailed, negated mentions, per-hospital dialects, PHI in every note);
 :func:`load_site` hands them to :func:`fedmed.data.text_admission.admitted_site_notes`, which
-runs the site's gate and caches what it released. Only released text ever reaches :func:`~fedmed.tasks.icd_encoding.encode`.
-The site home that holds the gate's secret, quarantine and cache is ``data_dir`` when given,
-else ``<state>/gate/icd/<site>`` — not ``<state>/sites/<federation>/<site>``: the node creates
-that folder whole on its first round and refuses one that already exists without a policy,
-and packs load their data before that.
+runs the site's gate and caches what it released. Only released text ever reaches
+:func:`~fedmed.tasks.icd_encoding.encode`. The site home that holds the gate's secret,
+quarantine and cache is ``data_dir`` when given, else ``<state>/gate/icd/<site>`` — not
+``<state>/sites/<federation>/<site>``: the node creates that folder whole on its first round
+and refuses one that already exists without a policy, and packs load their data before that.
 
 The pack's parts, one module each:
 
