@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fedmed.commands.run import add_run_options, federation_config
+from fedmed.commands.federation import federation_config
+from fedmed.commands.run import add_run_options
 from fedmed.outputs import write_json_atomic
 from fedmed.state import state_dir
 from fedmed.studies.baselines import run_baselines
