@@ -12,6 +12,8 @@ Example::
     pattern_threshold = 0.4        # Presidio/rule results below this score are dropped
     mode = "surrogate"             # surrogate | redact
     workers = 0                    # detection processes for big batches (0 = per core, <= 4)
+    window_chars = 100000          # longer notes are detected in overlapping windows this long
+    max_note_chars = 67108864      # the gate quarantines longer notes (with the reason)
     [[deid.site_patterns]]
     name = "lab accession"
     type = "IDNUM"
@@ -32,6 +34,9 @@ from fedmed.deid.phi import CATEGORY_OF
 from fedmed.errors import ConfigError
 
 ENGINES = ("combined", "tagger", "presidio")
+SPACY_MAX_CHARS = 1_000_000
+"""spaCy refuses longer texts (error E088): no detection window may exceed it."""
+MIN_WINDOW_CHARS = 400
 MODES = ("surrogate", "redact")
 
 
@@ -69,6 +74,8 @@ class DeidConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     date_shift_max_days: int = 1095
     workers: int = 0  # detection processes for large batches; 0 = one per usable core, <= 4
+    window_chars: int = 100_000  # notes longer than this are detected window by window
+    max_note_chars: int = DEFAULT_MAX_BYTES  # the gate quarantines longer notes
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -81,6 +88,11 @@ class DeidConfig:
             raise ConfigError("deid.tagger_threshold must be within (0, 1]")
         if self.max_bytes <= 0 or self.date_shift_max_days <= 0:
             raise ConfigError("deid.max_bytes and deid.date_shift_max_days must be positive")
+        if not MIN_WINDOW_CHARS <= self.window_chars <= SPACY_MAX_CHARS:
+            raise ConfigError(f"deid.window_chars {self.window_chars}: expected "
+                              f"{MIN_WINDOW_CHARS} to {SPACY_MAX_CHARS} characters")
+        if self.max_note_chars <= 0:
+            raise ConfigError("deid.max_note_chars must be positive")
         if self.workers < 0:
             raise ConfigError("deid.workers must be 0 (one per usable core) or a positive count")
 

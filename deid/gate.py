@@ -4,8 +4,9 @@ Contract with the node (``fedmed.clients``): call :func:`admit_texts` /
 :func:`admit_dicom` (or a :class:`Gate`) on raw site data and hand *only*
 ``AdmissionResult.released`` to a task pack. For every batch the gate
 
-1. checks each item at the boundary (empty, too large, binary, unreadable DICOM,
-   burnt-in annotation) -- failures are quarantined, never passed through;
+1. checks each item at the boundary (empty, longer than ``deid.max_note_chars`` or
+   ``deid.max_bytes``, binary, unreadable DICOM, burnt-in annotation) -- failures are
+   quarantined with the reason, never passed through nor dropped silently;
 2. detects PHI (:class:`fedmed.deid.presidio_engine.Detector`) and writes surrogates or
    redaction tags (:class:`fedmed.deid.surrogates.Scrubber`; DICOM:
    :class:`fedmed.deid.dicom.DicomDeidentifier`);
@@ -27,6 +28,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +50,8 @@ from fedmed.deid.surrogates import Scrubber
 AuditCallback = Callable[[dict[str, Any]], None]
 REPORT_KIND = "fedmed.deid.batch-report"
 _TEXT_VRS = ("PN", "LO", "SH", "LT", "ST", "UT", "AE", "CS")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
+"""Control characters other than tab, line feed, form feed and carriage return."""
 
 
 @dataclass
@@ -137,11 +141,15 @@ class Gate:
     def _boundary_problem(self, text: str) -> dict[str, Any] | None:
         if not text.strip():
             return {"reason": "empty note"}
+        if len(text) > self.config.max_note_chars:
+            return {"reason": f"note of {len(text)} characters is over the "
+                              f"{self.config.max_note_chars}-character limit "
+                              "(deid.max_note_chars)"}
         size = len(text.encode("utf-8"))
         if size > self.config.max_bytes:
             return {"reason": f"note of {size} bytes is over the "
                               f"{self.config.max_bytes}-byte limit"}
-        control = sum(1 for c in text if ord(c) < 32 and c not in "\n\r\t\f")
+        control = sum(1 for _ in _CONTROL.finditer(text))
         if "\x00" in text or control > max(10, len(text) // 100):
             return {"reason": "binary content (NUL or control characters)"}
         return None

@@ -77,6 +77,7 @@ from fedmed.deid.recognizers import (  # noqa: E402
 )
 from fedmed.deid.tagger import DECODER_VERSION, Tagger  # noqa: E402
 from fedmed.deid.taggers import load_tagger  # noqa: E402
+from fedmed.deid.tokens import windows  # noqa: E402
 from fedmed.deid.workers import WorkerError, WorkerPool  # noqa: E402
 
 _TRAILING = ".,;:!?)]}'\""
@@ -274,6 +275,27 @@ the checkpoint (4-9 s); at ~30 notes/s per process two workers save N/60 s on N 
 start-up pays from a few hundred notes, and a long-running node keeps its workers."""
 POOL_MIN_NOTES = 16
 """Once the workers run, batches from this size on are split over them."""
+POOL_START_CHARS = POOL_START_NOTES * 2_000
+"""A note this long starts the workers too: its windows are as much work as
+:data:`POOL_START_NOTES` notes of ~2,000 characters."""
+WINDOW_OVERLAP_CHARS = 2_000
+"""Consecutive detection windows of a long note share this many characters (at most a
+quarter of ``deid.window_chars``); see :meth:`Detector.detect_batch`."""
+
+
+def window_overlap(window_chars: int) -> int:
+    """Characters shared by consecutive windows of ``window_chars``."""
+    return min(WINDOW_OVERLAP_CHARS, window_chars // 4)
+
+
+def owned_ranges(cuts: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """For each window ``[a, b)``, the characters it answers for: from the middle of its
+    overlap with the previous window to the middle of its overlap with the next, so every
+    character belongs to exactly one window and sits at least half an overlap from that
+    window's inner edges (the rule of :func:`fedmed.deid.tokens.owner_window`)."""
+    bounds = [cuts[0][0]] + [(cuts[w + 1][0] + cuts[w][1]) // 2
+                             for w in range(len(cuts) - 1)] + [cuts[-1][1]]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def detection_workers(config: DeidConfig) -> int:
@@ -296,6 +318,16 @@ class Detector:
     live until :meth:`close` or exit. A detector built around a tagger *object* (not a
     checkpoint named in the settings) always runs in-process; so does one whose workers
     failed (with a warning).
+
+    Long notes (over ``deid.window_chars``, default 100,000 characters; spaCy refuses
+    more than 1,000,000 at once) are detected in windows of that size overlapping by
+    :func:`window_overlap` characters (2,000), a few windows at a time: memory stays that
+    of one window whatever the note's length, and time grows linearly with it. A span is
+    taken from the window in which it starts, owned as :func:`owned_ranges` says; a span
+    crossing a window edge is therefore found whole in the window that owns its start
+    (it lies at least 1,000 characters from that window's inner edges), and spans of
+    neighbouring windows that still overlap are merged (:func:`merge_overlapping`).
+    Notes up to the window size are detected exactly as before.
     """
 
     def __init__(self, config: DeidConfig | None = None, tagger: Tagger | None = None) -> None:
@@ -340,6 +372,19 @@ class Detector:
         return self.detect_batch([text])[0]
 
     def detect_batch(self, texts: Sequence[str]) -> list[list[Span]]:
+        limit = self.config.window_chars
+        short = [i for i, t in enumerate(texts) if len(t) <= limit]
+        if len(short) == len(texts):
+            return self._detect_short(texts)
+        out: list[list[Span]] = [[] for _ in texts]
+        for i, spans in zip(short, self._detect_short([texts[i] for i in short]), strict=True):
+            out[i] = spans
+        for i, text in enumerate(texts):
+            if len(text) > limit:
+                out[i] = self._detect_long(text)
+        return out
+
+    def _detect_short(self, texts: Sequence[str]) -> list[list[Span]]:
         if self.workers > 1 and len(texts) >= POOL_MIN_NOTES:
             if len(texts) >= POOL_START_NOTES:
                 self.start_workers()
@@ -348,9 +393,40 @@ class Detector:
                     return self._pool.detect(texts)
                 except WorkerError as e:
                     self._give_up_workers(e)
+        return self._detect_here(texts)
+
+    def _detect_here(self, texts: Sequence[str]) -> list[list[Span]]:
         if self._tagger_rec is not None:
             self._tagger_rec.prime([t for t in texts if t.strip()])
         return [self._detect_one(t) for t in texts]
+
+    def _detect_long(self, text: str) -> list[Span]:
+        """Spans of a note longer than one window (see the class docstring)."""
+        size = self.config.window_chars
+        cuts = windows(len(text), size, window_overlap(size))
+        owned = owned_ranges(cuts)
+        if self.workers > 1 and len(text) >= POOL_START_CHARS:
+            self.start_workers()
+        spans: list[Span] = []
+        first = 0
+        while first < len(cuts):
+            # one window per process at a time, two per worker: bounded memory
+            group = 2 * self._pool.size if self._pool is not None else 1
+            part = range(first, min(first + group, len(cuts)))
+            pieces = [text[cuts[w][0]:cuts[w][1]] for w in part]
+            found = self._detect_here(pieces) if self._pool is None else None
+            if found is None:
+                try:
+                    found = self._pool.detect(pieces)  # type: ignore[union-attr]
+                except WorkerError as e:
+                    self._give_up_workers(e)
+                    found = self._detect_here(pieces)
+            for w, piece_spans in zip(part, found, strict=True):
+                offset, (lo, hi) = cuts[w][0], owned[w]
+                spans.extend(Span(s.start + offset, s.end + offset, s.type, s.score)
+                             for s in piece_spans if lo <= s.start + offset < hi)
+            first = part.stop
+        return merge_overlapping(spans)
 
     def start_workers(self) -> int:
         """Start the worker processes now (else the first very large batch does).

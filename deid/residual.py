@@ -10,6 +10,7 @@ reports and logs cannot leak what they found.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,10 +42,25 @@ class Finding:
 def residual_findings(text: str, protected: Sequence[Span] = ()) -> list[Finding]:
     """Identifier-shaped strings in ``text`` not inside a ``protected`` (surrogate) span."""
     found = []
+    starts, reach = _reach(protected)
     for kind, pattern in PATTERNS.items():
         for m in pattern.finditer(text):
             a, b = m.span("value")
-            if any(p.start <= a and b <= p.end for p in protected):
+            i = bisect.bisect_right(starts, a) - 1
+            if i >= 0 and b <= reach[i]:
                 continue
             found.append(Finding(kind, a, b))
     return sorted(found, key=lambda f: (f.start, f.kind))
+
+
+def _reach(protected: Sequence[Span]) -> tuple[list[int], list[int]]:
+    """Protected starts in order, and for each the farthest end of a span starting there
+    or before: a match ``[a, b)`` lies inside some protected span exactly when the reach
+    at the last start ``<= a`` is ``>= b``. Found by bisection, so the check takes time
+    linear in the note, not matches x spans (a 50 MB note has ~10^5 of each)."""
+    ordered = sorted(protected, key=lambda p: p.start)
+    reach, farthest = [], -1
+    for p in ordered:
+        farthest = max(farthest, p.end)
+        reach.append(farthest)
+    return [p.start for p in ordered], reach

@@ -22,7 +22,10 @@ name is real. Rules:
 
 The replacement itself runs through presidio-anonymizer with one custom operator per
 subtype; the returned item positions say where surrogates sit in the output (the residual
-check skips them).
+check skips them). Presidio rebuilds the whole text for every replacement (time quadratic
+in the note's length: a 50 MB note with its ~10^5 spans would copy petabytes), so a long
+note is scrubbed in pieces of about :data:`SCRUB_PIECE_CHARS` cut between spans, never
+between two spans Presidio would join (same type, only spaces between): same output.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ SHAPE_KEPT = frozenset({"ZIP", "ROOM", "PHONE", "FAX", "SSN", "MEDICALRECORD", "
                         "ACCOUNT", "LICENSE", "VEHICLE", "DEVICE", "BIOID", "IDNUM",
                         "USERNAME"})
 _NAME_PARTS = re.compile(r"([^\W\d_]+)")
+SCRUB_PIECE_CHARS = 50_000
+_SPACES = re.compile(r" +")
 
 
 @lru_cache(maxsize=1)
@@ -206,7 +211,35 @@ class Scrubber:
     def scrub(self, text: str, spans: list[Span], patient_id: str) -> ScrubResult:
         if not spans:
             return ScrubResult(text, ())
-        results = [RecognizerResult(s.type, s.start, s.end, s.score) for s in spans]
-        out = self.engine.anonymize(text, results, operators=self._operators(patient_id))
-        replaced = tuple(sorted(Span(i.start, i.end, i.entity_type) for i in out.items))
-        return ScrubResult(out.text, replaced)
+        operators = self._operators(patient_id)
+        pieces: list[str] = []
+        replaced: list[Span] = []
+        written = 0
+        for a, b, group in _pieces(text, spans, SCRUB_PIECE_CHARS):
+            results = [RecognizerResult(s.type, s.start - a, s.end - a, s.score) for s in group]
+            out = self.engine.anonymize(text[a:b], results, operators=operators)
+            replaced.extend(Span(i.start + written, i.end + written, i.entity_type)
+                            for i in out.items)
+            pieces.append(out.text)
+            written += len(out.text)
+        return ScrubResult("".join(pieces), tuple(sorted(replaced)))
+
+
+def _pieces(text: str, spans: list[Span], size: int) -> list[tuple[int, int, list[Span]]]:
+    """``[a, b)`` pieces of ``text`` of about ``size`` characters with the spans inside each.
+
+    A cut falls after a span and before the next one, never inside or across a span, and
+    not between two spans of the same type with only spaces between (Presidio joins those).
+    """
+    ordered = sorted(spans, key=lambda s: (s.start, s.end))
+    out: list[tuple[int, int, list[Span]]] = []
+    start, group, reach = 0, [], 0
+    for s in ordered:
+        if group and s.start >= reach and s.start - start >= size and not (
+                s.type == group[-1].type and _SPACES.fullmatch(text, reach, s.start)):
+            out.append((start, reach, group))
+            start, group = reach, []
+        group.append(s)
+        reach = max(reach, s.end)
+    out.append((start, len(text), group))
+    return out
