@@ -4,8 +4,14 @@
 sets ``func`` to a handler ``(args) -> int`` (the exit code). Problems the user can fix
 raise :class:`fedmed.errors.FedmedError` subclasses, which the main CLI prints as one line.
 
-Exit codes: 0 success; ``scrub`` returns 2 when some items were quarantined (the rest
-was written), so scripts notice.
+Exit codes: 0 success; 2 for every usage or input error (one line naming the file and the
+problem: missing, binary, not UTF-8, malformed, an output that is an input), and ``scrub``
+returns 2 when some items were quarantined (the rest was written), so scripts notice.
+
+``scrub`` is all or nothing and never in place: the output is built in a hidden folder
+beside OUT and moved into place only when every input file was scrubbed or quarantined with
+a reason; an input that cannot be read stops it with nothing written. ``OUT.manifest.json``
+beside the output lists each input file and its outcome.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -120,28 +129,98 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
+    """All or nothing, never in place (see :func:`_scrub_pairs` and :func:`_publish`)."""
     from fedmed.deid.gate import Gate
 
-    if not args.input.exists():
-        raise DataError(f"{args.input}: no such file or folder")
+    pairs = _scrub_pairs(args.input, args.output)
     config = _config(args)
     site_home = args.site_home or site_home_path(*LOCAL_SITE)
     gate = Gate(site_home, config)
-    if args.input.is_dir():
-        pairs = [(f, args.output / f.relative_to(args.input))
-                 for f in sorted(args.input.rglob("*")) if f.is_file()]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.output.name}.", suffix=".partial",
+                                    dir=args.output.parent))
+    try:
+        records = []
+        for src, rel in pairs:
+            dst = staging / "out" / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            records.append({"input": str(rel if args.input.is_dir() else src.name),
+                            **_scrub_file(gate, src, dst, args.column)})
+        manifest = _manifest(args, records, site_home)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _publish(staging, args.output, args.input.is_dir())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    totals = manifest["files"]
+    print(f"scrubbed {totals['scrubbed']} file(s), quarantined {totals['quarantined']} "
+          f"file(s), partly quarantined {totals['partly quarantined']} file(s) into "
+          f"{args.output} (manifest {manifest_path(args.output)}); "
+          f"{manifest['items_quarantined']} item(s) quarantined under "
+          f"{site_home / 'quarantine'}", file=sys.stderr)
+    return 2 if manifest["items_quarantined"] else 0
+
+
+def manifest_path(output: Path) -> Path:
+    """Where ``scrub`` writes its manifest: beside the output file or folder."""
+    return output.with_name(output.name + ".manifest.json")
+
+
+def _scrub_pairs(src: Path, out: Path) -> list[tuple[Path, Path]]:
+    """(input file, output path relative to the output) pairs; DataError (exit 2) for a
+    missing input or an output that is, or lies inside, an input (scrub is never in place)."""
+    if not src.exists():
+        raise DataError(f"{src}: no such file or folder")
+    into, real = out.resolve(), src.resolve()
+    if src.is_dir():
+        if into == real or real in into.parents or into in real.parents:
+            raise DataError(f"{out}: output folder is, holds or lies inside the input folder "
+                            f"{src}; scrub never writes in place")
+        if out.exists() and not out.is_dir():
+            raise DataError(f"{out}: exists and is not a folder (the input is a folder)")
+        return [(f, f.relative_to(src)) for f in sorted(src.rglob("*")) if f.is_file()]
+    if into == real or (out.exists() and os.path.samefile(out, src)):
+        raise DataError(f"{out}: output is the input file; scrub never writes in place")
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder; for an input file give an output file")
+    return [(src, Path(out.name))]
+
+
+def _publish(staging: Path, output: Path, folder: bool) -> None:
+    """Move the staged output into place, then the manifest beside it.
+
+    A new output folder is one rename; into an existing folder the files are moved one by
+    one (each replaces its namesake). Either way only once every input was scrubbed or
+    quarantined with a reason.
+    """
+    built = staging / "out"
+    if not folder:
+        staged = built / output.name
+        if staged.exists():
+            os.replace(staged, output)
+    elif not output.exists():
+        os.rename(built, output)
     else:
-        pairs = [(args.input, args.output)]
-    quarantined = 0
-    for src, dst in pairs:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        quarantined += _scrub_file(gate, src, dst, args.column)
-    print(f"scrubbed {len(pairs)} file(s) into {args.output}; {quarantined} item(s) "
-          f"quarantined under {site_home / 'quarantine'}", file=sys.stderr)
-    return 2 if quarantined else 0
+        for f in sorted(built.rglob("*")):
+            if f.is_file():
+                target = output / f.relative_to(built)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, target)
+    os.replace(staging / "manifest.json", manifest_path(output))
 
 
-def _scrub_file(gate: Any, src: Path, dst: Path, column: str) -> int:
+def _manifest(args: argparse.Namespace, records: list[dict[str, Any]],
+              site_home: Path) -> dict[str, Any]:
+    counts = {k: sum(r["outcome"] == k for r in records)
+              for k in ("scrubbed", "quarantined", "partly quarantined")}
+    return {"kind": "fedmed.deid.scrub-manifest", "version": 1, "input": str(args.input),
+            "output": str(args.output), "quarantine": str(site_home / "quarantine"),
+            "files": counts,
+            "items_quarantined": sum(r["items_quarantined"] for r in records),
+            "entries": records}
+
+
+def _scrub_file(gate: Any, src: Path, dst: Path, column: str) -> dict[str, Any]:
+    """Scrub one file into ``dst``; its manifest entry (outcome, counts, reasons)."""
     from fedmed.deid import io
 
     suffix = src.suffix.lower()
@@ -149,7 +228,7 @@ def _scrub_file(gate: Any, src: Path, dst: Path, column: str) -> int:
         result = gate.admit_dicom([src])
         for _, ds in result.released:
             ds.save_as(dst)
-        return len(result.quarantined)
+        return _entry(result, dst)
     docs = io.read_notes(src, column=column, max_bytes=gate.config.max_bytes)
     if suffix == ".xml":
         docs[0].meta.setdefault("patient_id", src.stem)
@@ -161,17 +240,29 @@ def _scrub_file(gate: Any, src: Path, dst: Path, column: str) -> int:
         keep = [i for i, d in enumerate(out_docs) if d is not None]
         frame = frame.iloc[keep].copy()
         frame[column] = [out_docs[i].text for i in keep]  # type: ignore[union-attr]
-        io.write_csv(dst, frame)
+        if keep:
+            io.write_csv(dst, frame)
     elif suffix == ".jsonl":
         records = io.read_jsonl(src, column, gate.config.max_bytes)
-        io.write_jsonl(dst, [{**r, column: d.text, "patient_id": d.meta["patient"]}
-                             for r, d in zip(records, out_docs, strict=True) if d is not None])
+        kept = [{**r, column: d.text, "patient_id": d.meta["patient"]}
+                for r, d in zip(records, out_docs, strict=True) if d is not None]
+        if kept:
+            io.write_jsonl(dst, kept)
     elif suffix == ".xml":
         if out_docs[0] is not None:
             io.write_i2b2(dst, out_docs[0])
     elif out_docs[0] is not None:
         io.write_text(dst, out_docs[0].text)
-    return len(result.quarantined)
+    return _entry(result, dst)
+
+
+def _entry(result: Any, dst: Path) -> dict[str, Any]:
+    released, held = len(result.released), len(result.quarantined)
+    outcome = ("scrubbed" if not held else "quarantined" if not released
+               else "partly quarantined")
+    return {"outcome": outcome, "written": dst.exists(), "items_released": released,
+            "items_quarantined": held,
+            "reasons": sorted({str(q["reason"]) for q in result.quarantined})}
 
 
 def _is_dicom(path: Path) -> bool:
@@ -229,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except FedmedError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Formats: i2b2-2014 XML (text + gold/detected PHI tags), plain text, CSV with a text column,
 JSONL with a text field. Every reader checks the boundary first -- missing file, over the
-size limit, empty, not UTF-8, malformed -- and raises :class:`fedmed.errors.DataError`
-naming the file, so nothing half-read is ever passed on to detection or training.
+size limit, empty, binary (a NUL byte), not UTF-8, malformed -- and raises
+:class:`fedmed.errors.DataError` naming the file, so nothing half-read is ever passed on to
+detection or training.
 """
 
 from __future__ import annotations
@@ -40,9 +41,18 @@ def read_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     return p.read_bytes()
 
 
+def refuse_binary(path: str | Path, raw: bytes) -> None:
+    """DataError if ``raw`` holds a NUL byte: a binary file (or UTF-16/32 text), which
+    would otherwise decode as "text" and yield bogus PHI spans."""
+    at = raw.find(b"\x00")
+    if at >= 0:
+        raise DataError(f"{path}: binary file (NUL byte at offset {at}), expected UTF-8 text")
+
+
 def read_text(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
-    """A UTF-8 text file (BOM dropped); DataError if empty, too big or not UTF-8."""
+    """A UTF-8 text file (BOM dropped); DataError if empty, too big, binary or not UTF-8."""
     raw = read_bytes(path, max_bytes)
+    refuse_binary(path, raw)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -149,6 +159,7 @@ def read_csv(path: str | Path, column: str,
              max_bytes: int = DEFAULT_MAX_BYTES) -> pd.DataFrame:
     """A CSV whose ``column`` holds note text (other columns are carried along)."""
     raw = read_bytes(path, max_bytes)
+    refuse_binary(path, raw)
     try:
         raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
