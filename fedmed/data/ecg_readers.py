@@ -176,6 +176,8 @@ def to_model_input(
     scale = float(window.std())
     if scale > 1e-8:
         window = window / scale
+    if not np.isfinite(window).all():  # finite samples whose spread overflows (e.g. 1e308)
+        raise DataError("sample values too large to standardise (not a recording in mV?)")
     padded = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
     padded[: len(window)] = window
     return padded
@@ -196,19 +198,21 @@ def read_labelled_folder(folder: Path, class_names: Sequence[str]) -> tuple[np.n
     or one of ``class_names``), optionally ``sampling_rate`` (required for CSV recordings)
     and ``lead`` (index or name, default 0).
     """
-    table = _read_labels_table(folder / LABELS_FILE)
+    table_path = folder / LABELS_FILE
+    table = _read_labels_table(table_path)
     windows, labels = [], []
-    for row in table.itertuples(index=False):
+    for number, row in enumerate(table.itertuples(index=False), start=2):  # line 1: header
         path = folder / str(row.file)
-        fs = _optional(getattr(row, "sampling_rate", None))
-        recording = read_ecg(path, None if fs is None else float(fs))
+        label = _parse_label(row.label, class_names, table_path, number)
+        fs = _sampling_rate(getattr(row, "sampling_rate", None), table_path, number)
+        recording = read_ecg(path, fs)
         lead = _optional(getattr(row, "lead", None))
         index = recording.lead_index(0 if lead is None else lead)
         try:
             windows.append(to_model_input(recording.signal, recording.fs, index))
         except DataError as exc:
             raise DataError(f"{path}: {exc}") from None
-        labels.append(_parse_label(row.label, class_names, folder / LABELS_FILE, path))
+        labels.append(label)
     return np.stack(windows), np.asarray(labels, dtype=np.int64)
 
 
@@ -226,7 +230,8 @@ def _read_labels_table(path: Path) -> pd.DataFrame:
     return table
 
 
-def _parse_label(value: object, class_names: Sequence[str], table: Path, file: Path) -> int:
+def _parse_label(value: object, class_names: Sequence[str], table: Path, row: int) -> int:
+    """A class index from a label cell (index or class name); DataError naming the row."""
     text = str(value).strip()
     lowered = [name.lower() for name in class_names]
     if text.lower() in lowered:
@@ -234,9 +239,25 @@ def _parse_label(value: object, class_names: Sequence[str], table: Path, file: P
     if text.isdigit() and int(text) < len(class_names):
         return int(text)
     raise DataError(
-        f"{table}: label {text!r} for {file.name} is not a class index 0–{len(class_names) - 1} "
-        f"or one of {', '.join(class_names)}"
+        f"{table}: row {row}, column 'label': {text!r} is not a class index "
+        f"0–{len(class_names) - 1} or one of {', '.join(class_names)}"
     )
+
+
+def _sampling_rate(value: object, table: Path, row: int) -> float | None:
+    """The optional ``sampling_rate`` cell: a finite rate > 0, or ``None`` when empty."""
+    value = _optional(value)
+    if value is None:
+        return None
+    try:
+        rate = float(str(value).strip())
+    except ValueError:
+        rate = float("nan")
+    if not (np.isfinite(rate) and rate > 0):
+        raise DataError(
+            f"{table}: row {row}, column 'sampling_rate': {value!r} is not a finite rate > 0 (Hz)"
+        )
+    return rate
 
 
 def _optional(value: object) -> object | None:

@@ -76,8 +76,9 @@ def _parse(line: str, where: str, known: set[str]) -> Document:
         raise DataError(f"{where}: note {note_id!r}: 'codes' must be a list of strings")
     unknown = sorted(set(codes) - known)
     if unknown:
-        raise DataError(f"{where}: note {note_id!r} has codes outside the federation's list: "
-                        f"{', '.join(unknown)} (known: {', '.join(sorted(known))})")  # fmt: skip
+        raise DataError(f"{where}: note {note_id!r}, field 'codes': codes outside the "
+                        f"federation's list: {', '.join(unknown)} "
+                        f"(known: {', '.join(sorted(known))})")  # fmt: skip
     split = record.get("split")
     if split not in SPLITS:
         raise DataError(f"{where}: note {note_id!r}: 'split' must be 'train' or 'test', "

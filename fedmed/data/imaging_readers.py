@@ -185,6 +185,9 @@ def to_model_input(volume: ImageVolume, size: int, *, mask: bool = False) -> np.
     pixels = volume.pixels if volume.pixels.ndim == 2 else volume.pixels[len(volume.pixels) // 2]
     if pixels.ndim != 2 or min(pixels.shape) < 1:
         raise DataError(f"{volume.source}: expected a 2-D image or 3-D volume, got {pixels.shape}")
+    if not np.isfinite(pixels).all():
+        bad = int((~np.isfinite(pixels)).sum())
+        raise DataError(f"{volume.source}: {bad} non-finite pixel value(s) (NaN or Inf)")
     if mask:
         resized = Resize((size, size), mode="nearest")((pixels > 0).astype(np.float32)[None])
         return (np.asarray(resized[0]) > 0.5).astype(np.float32)
@@ -207,10 +210,13 @@ def read_labels_csv(path: str | Path, allowed: tuple[int, ...] = (0, 1)) -> list
             label = int(str(row["label"]).strip())
         except ValueError:
             label = None
-        if label not in allowed or not str(row["file"] or "").strip():
+        if label not in allowed:
             raise DataError(
-                f"{path}: line {line}: expected a file name and a label in {allowed}, got {row}"
+                f"{path}: line {line}, column 'label': {row['label']!r} is not one of the "
+                f"pack's classes {', '.join(map(str, allowed))}"
             )
+        if not str(row["file"] or "").strip():
+            raise DataError(f"{path}: line {line}, column 'file': no file name")
         entries.append((path.parent / str(row["file"]).strip(), label))
     return entries
 

@@ -62,6 +62,27 @@ REFERENCE_MEAN = np.array(
 REFERENCE_SCALE = np.array(
     [9, 0.5, 1, 18, 50, 0.4, 0.8, 25, 0.5, 1.1, 0.6, 0.9, 1.9], dtype=np.float64
 )
+# What a recorded value may be (heart-disease.names): a finite value in a plausible range
+# (0 stands for "not measured" in trestbps and chol), or one of a categorical's codes.
+# ``num`` is the label (0: no disease, 1–4: disease).
+VALUE_RANGES = {
+    "age": (0.0, 120.0),
+    "trestbps": (0.0, 300.0),
+    "chol": (0.0, 1000.0),
+    "thalach": (0.0, 300.0),
+    "oldpeak": (-10.0, 10.0),
+}
+VALUE_CODES = {
+    "sex": (0.0, 1.0),
+    "cp": (1.0, 2.0, 3.0, 4.0),
+    "fbs": (0.0, 1.0),
+    "restecg": (0.0, 1.0, 2.0),
+    "exang": (0.0, 1.0),
+    "slope": (1.0, 2.0, 3.0),
+    "ca": (0.0, 1.0, 2.0, 3.0),
+    "thal": (3.0, 6.0, 7.0),
+    "num": (0.0, 1.0, 2.0, 3.0, 4.0),
+}
 FLAMBY_DROPPED = ("slope", "ca", "thal")
 SPLIT_SEED = 42
 TEST_FRACTION = 1 / 3
@@ -86,7 +107,31 @@ def read_site_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: non-numeric values in column(s) {', '.join(non_numeric)}")
     if table["num"].isna().any():
         raise DataError(f"{path}: the label column 'num' has missing values")
+    check_values(path, table)
     return table
+
+
+def check_values(path: Path, table: pd.DataFrame) -> None:
+    """DataError naming file, row and column for the first value that is not finite, outside
+    its data-dictionary range (:data:`VALUE_RANGES`) or not one of its codes
+    (:data:`VALUE_CODES`); ``num`` is the label, coded 0–4. Missing values (``?``) pass."""
+    for column in COLUMNS:
+        values = table[column].to_numpy(dtype=np.float64)
+        present = ~np.isnan(values)
+        if column in VALUE_CODES:
+            bad = present & ~np.isin(values, VALUE_CODES[column])
+            expected = "one of " + ", ".join(f"{code:g}" for code in VALUE_CODES[column])
+        else:
+            low, high = VALUE_RANGES[column]
+            bad = present & ~((values >= low) & (values <= high))  # inf fails here too
+            expected = f"a finite value in [{low:g}, {high:g}]"
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            kind = "label" if column == "num" else "column"
+            raise DataError(
+                f"{path}: row {row + 1}, {kind} {column!r}: {float(values[row])!r} "
+                f"is not {expected}"
+            )
 
 
 def encode_features(features: np.ndarray) -> np.ndarray:
