@@ -137,3 +137,41 @@ def test_preflight_quarantines_an_over_limit_note_and_keeps_the_rest(tmp_path) -
     assert [n.labels for n in admission.notes] == [("E11",)]
     assert admission.quarantined == 1
     assert "deid.max_note_chars" in admission.summary["quarantine"][0]["reason"]
+
+
+def test_scrubbing_in_pieces_gives_the_one_piece_output(tmp_path, monkeypatch) -> None:
+    """Presidio is applied to ~50k-char pieces of a long note (it is quadratic on one);
+    cut between spans, never between two it would join, the output is the same."""
+    import re
+
+    from fedmed.deid import surrogates
+    from fedmed.deid.phi import Span
+    from fedmed.deid.sitekey import SiteKey
+
+    text = ("Dr. Ellen Ward saw John Carter  Smith, MRN 4455123, on 03/04/2021. " + FILLER) * 40
+    kinds = {"Ellen Ward": "DOCTOR", "John Carter": "PATIENT", "Smith": "PATIENT",
+             "4455123": "MEDICALRECORD", "03/04/2021": "DATE"}
+    spans = [Span(m.start(), m.end(), kinds[m.group()])
+             for m in re.finditer("|".join(kinds), text)]
+    scrubber = surrogates.Scrubber(SiteKey.load_or_create(tmp_path))
+    whole = scrubber.scrub(text, spans, "p1")
+    monkeypatch.setattr(surrogates, "SCRUB_PIECE_CHARS", 300)
+    assert len(surrogates._pieces(text, spans, 300)) > 20
+    pieces = scrubber.scrub(text, spans, "p1")
+    assert pieces == whole
+    assert all(pieces.text[s.start:s.end] for s in pieces.replaced)
+
+
+def test_residual_check_by_bisection_matches_the_pairwise_rule() -> None:
+    from fedmed.deid.phi import Span
+    from fedmed.deid.residual import PATTERNS, residual_findings
+
+    text = "SSN 078-05-1120, call 617-555-0143, MRN 4455123, id 12345678. " * 3
+    protected = [Span(4, 15, "SSN"), Span(0, 10, "X"), Span(20, 40, "PHONE"),
+                 Span(38, 48, "X"), Span(100, 130, "X"), Span(110, 115, "X")]
+    expected = sorted(
+        ((kind, *m.span("value")) for kind, p in PATTERNS.items() for m in p.finditer(text)
+         if not any(s.start <= m.start("value") and m.end("value") <= s.end
+                    for s in protected)), key=lambda f: (f[1], f[0]))
+    found = [(f.kind, f.start, f.end) for f in residual_findings(text, protected)]
+    assert found == expected and len(found) < len(list(PATTERNS["SSN"].finditer(text))) * 5
