@@ -19,6 +19,7 @@ node's ClientApp does not pay for Flower's strategies.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -38,16 +39,20 @@ ConfigValue = Scalar
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """Everything one federated run needs. Zero/empty values mean "the task pack's default"."""
+    """Everything one federated run needs.
+
+    An absent ``local_epochs``, ``batch_size`` or ``lr`` (``None``) means "the task pack's
+    default"; a value given is checked like any other, so 0 is an error, never a default.
+    """
 
     federation: str = "heart"
     task: str = "heart"
     sites: str = ""
     num_server_rounds: int = 20
     strategy: str = "fedavg"
-    local_epochs: int = 0
-    batch_size: int = 0
-    lr: float = 0.0
+    local_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
     momentum: float = 0.0
     proximal_mu: float = 0.01
     # Keep normalisation layers at each site (FedBN-style; fedmed.training.local_norms).
@@ -99,14 +104,20 @@ class FederationConfig:
                     f"unknown federation setting {raw_key!r}; known: "
                     + ", ".join(sorted(k.replace("_", "-") for k in known))
                 )
-            values[key] = _coerce(raw_key, value, type(getattr(cls(), key)))
+            values[key] = _coerce(raw_key, value, _OPTIONAL.get(key) or type(getattr(cls(), key)))
         config = cls(**values)
         config.validate()
         return config
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first invalid value."""
+        """Raise ConfigError naming the first invalid value: every number finite and in its
+        range, before anything starts (the CLI, the coordinator and each node call this)."""
         get_strategy(self.strategy)  # ConfigError naming the registered ones
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{_name(field.name)} must be a finite number, got {value}")
+        self._validate_training()
         if self.num_server_rounds < 1:
             raise ConfigError(f"num-server-rounds must be >= 1, got {self.num_server_rounds}")
         for name in ("fraction_train", "fraction_evaluate"):
@@ -136,6 +147,28 @@ class FederationConfig:
             raise ConfigError(f"max-update-norm must be >= 0, got {self.max_update_norm}")
         if self.secagg:
             self._validate_secagg()
+
+    def _validate_training(self) -> None:
+        """Local training settings: what a site would train with, never a silent default."""
+        for name in ("local_epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(
+                    f"{_name(name)} must be >= 1, got {value} (leave it out for the task "
+                    "pack's default)"
+                )
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr} (leave it out for the task "
+                              "pack's default)")  # fmt: skip
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        for name in ("proximal_mu", "client_noise_multiplier"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_name(name)} must be >= 0, got {getattr(self, name)}")
+        if self.server_lr <= 0:
+            raise ConfigError(f"server-lr must be > 0, got {self.server_lr}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
     def _validate_secagg(self) -> None:
         """Refuse what SecAgg+ cannot honour: it reveals only the sum of the updates."""
@@ -183,8 +216,19 @@ class FederationConfig:
         return sites
 
     def to_run_config(self) -> dict[str, ConfigValue]:
-        """Back to Flower's dash-separated run config."""
-        return {key.replace("_", "-"): value for key, value in asdict(self).items()}
+        """Back to Flower's dash-separated run config (an absent setting stays absent)."""
+        return {
+            key.replace("_", "-"): value for key, value in asdict(self).items() if value is not None
+        }
+
+
+# Settings whose default is "absent" (None: the task pack's default), with their type.
+_OPTIONAL: dict[str, type] = {"local_epochs": int, "batch_size": int, "lr": float}
+
+
+def _name(field_name: str) -> str:
+    """A field's name as the federation folder and ``--set`` spell it."""
+    return field_name.replace("_", "-")
 
 
 def _coerce(key: str, value: Any, expected: type) -> Any:
@@ -307,14 +351,14 @@ def _fedprox(config: FederationConfig, common: dict[str, Any]) -> Strategy:
 def _fedadam(config: FederationConfig, common: dict[str, Any]) -> Strategy:
     from flwr.server.strategy import FedAdam
 
-    return FedAdam(**common, eta=config.server_lr, eta_l=config.lr or 0.1)
+    return FedAdam(**common, eta=config.server_lr, eta_l=0.1 if config.lr is None else config.lr)
 
 
 @register_strategy("fedyogi")
 def _fedyogi(config: FederationConfig, common: dict[str, Any]) -> Strategy:
     from flwr.server.strategy import FedYogi
 
-    return FedYogi(**common, eta=config.server_lr, eta_l=config.lr or 0.1)
+    return FedYogi(**common, eta=config.server_lr, eta_l=0.1 if config.lr is None else config.lr)
 
 
 @register_strategy("fedtrimmedavg", sees_each_update=True)

@@ -14,6 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from fedmed.config import FederationConfig, load_federation
+from fedmed.errors import ConfigError
 from fedmed.outputs import format_epsilon
 from fedmed.state import sites_home_path
 
@@ -23,8 +24,8 @@ def federation_config(folder: Path, args: argparse.Namespace) -> FederationConfi
     settings: dict[str, Any] = load_federation(folder)
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"fedmed: error: --set expects KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         settings[key.strip()] = value.strip()
     for key, value in (
         ("run-dir", args.out and str(args.out.resolve())),
@@ -46,7 +47,12 @@ def federation_config(folder: Path, args: argparse.Namespace) -> FederationConfi
 
 
 def privacy_table(metrics: dict[str, Any]) -> Table:
-    """Each site's total ε (all runs so far) after this run, with δ and budget."""
+    """Each site's total ε (all runs so far) after this run, with δ and budget.
+
+    A site whose policy or ledger could not be read reports no ε account: its cells say
+    so ("no ledger", "no policy") rather than print a missing ε as unbounded. (An ε or
+    budget recorded as null is ∞: :func:`fedmed.outputs.json_safe`.)
+    """
     table = Table(title="privacy per site: ε spent over all runs on its site home")
     columns = ("site", "ε spent", "δ", "ε budget", "rounds trained", "rounds refused")
     for column in columns:
@@ -54,9 +60,13 @@ def privacy_table(metrics: dict[str, Any]) -> Table:
     for site, summary in sorted(metrics.get("privacy", {}).items()):
         table.add_row(
             site,
-            format_epsilon(summary.get("epsilon")),
-            f"{summary.get('delta', float('nan')):g}",
-            format_epsilon(summary.get("epsilon_budget")),
+            format_epsilon(summary["epsilon"]) if "epsilon" in summary else "no ledger",
+            f"{summary['delta']:g}" if summary.get("delta") is not None else "no ledger",
+            (
+                format_epsilon(summary["epsilon_budget"])
+                if "epsilon_budget" in summary
+                else "no policy"
+            ),
             str(summary.get("rounds_joined", 0)),
             str(summary.get("rounds_refused", 0)),
         )

@@ -9,8 +9,10 @@ privacy and works the same with or without per-sample gradients.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from fedmed.config import FederationConfig
+from fedmed.errors import ConfigError
 from fedmed.tasks.base import TaskPack
 
 # Wraps (model, optimizer, loader) before training, e.g. Opacus's make_private.
@@ -39,16 +42,41 @@ class TrainSettings:
     @classmethod
     def for_pack(cls, config: FederationConfig, pack: TaskPack, seed: int = 0) -> TrainSettings:
         """A federation's local training settings: its own, or the pack's default where it
-        leaves one at zero (``local_epochs``, ``batch_size``, ``lr``). The one place that
-        fallback is made: the coordinator's round instructions, the baselines and the
+        leaves one out (``None``: ``local_epochs``, ``batch_size``, ``lr``; a 0 given is a
+        ConfigError of :meth:`FederationConfig.validate`, never a default). The one place
+        that fallback is made: the coordinator's round instructions, the baselines and the
         generalization study must train alike."""
         return cls(
-            local_epochs=config.local_epochs or pack.default_local_epochs,
-            batch_size=config.batch_size or pack.default_batch_size,
-            lr=config.lr or pack.default_lr,
+            local_epochs=_given(config.local_epochs, pack.default_local_epochs),
+            batch_size=_given(config.batch_size, pack.default_batch_size),
+            lr=_given(config.lr, pack.default_lr),
             momentum=config.momentum,
             seed=seed,
         )
+
+    def __post_init__(self) -> None:
+        """Refuse settings no round can train with (a node reads them from the coordinator)."""
+        numbers = (self.lr, self.momentum, self.proximal_mu)
+        if not all(math.isfinite(value) for value in numbers):
+            raise ConfigError(
+                f"training settings must be finite: lr {self.lr}, momentum {self.momentum}, "
+                f"proximal_mu {self.proximal_mu}"
+            )
+        if self.local_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(
+                f"training settings out of range: local-epochs {self.local_epochs} (>= 0), "
+                f"batch-size {self.batch_size} (>= 1), lr {self.lr} (> 0)"
+            )
+        if not 0 <= self.momentum < 1 or self.proximal_mu < 0:
+            raise ConfigError(
+                f"training settings out of range: momentum {self.momentum} (in [0, 1)), "
+                f"proximal_mu {self.proximal_mu} (>= 0)"
+            )
+
+
+def _given(value: int | float | None, default: int | float) -> Any:
+    """``value`` unless it was left out (``None``)."""
+    return default if value is None else value
 
 
 @dataclass(frozen=True)
