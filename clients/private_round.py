@@ -10,7 +10,9 @@ The order is the guarantee:
    policy (task, σ floor, δ, accountant, no DP) → refuse. BatchNorm models are
    refused here too, before any data is touched.
 3. Train with :class:`~fedmed.privacy.trainer.DPTrainer`; check that Opacus ran
-   exactly the approved mechanism.
+   exactly the approved mechanism and that every trained weight is finite. Training
+   that raises, or an update with a NaN or Inf, is refused (step 4 never happens):
+   nothing is released, so the ledger records nothing and no ε is spent.
 4. Record the release in the ledger (durable) and sign it into the audit log —
    only then does the update leave the node.
 
@@ -23,6 +25,7 @@ typed contract the coordinator reads back.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -45,6 +48,8 @@ from fedmed.privacy.reply import FitReply
 from fedmed.privacy.trainer import DPTrainer, validate_model
 from fedmed.training.local_norms import LocalNorms, norm_positions
 from fedmed.training.loop import TrainResult, TrainSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,10 +144,20 @@ def _checked_round(
     """
     approval = _decide(site, home, job)
     if isinstance(approval, str):
-        refused = {"run": job.run, "round": job.round, "task": site.pack.name}
-        audit.append("refusal", {**refused, "reason": approval})
-        return refusal(site, weights, approval, _spent(home))
-    trained = _train(site, home, weights, job, approval.request)
+        return _signed_refusal(site, home, audit, weights, job, approval)
+    try:
+        trained = _train(site, home, weights, job, approval.request)
+    except Exception as exc:  # nothing was released: no ledger entry, no ε (module docstring)
+        logger.debug("training failed at %s", site.name, exc_info=True)
+        reason = f"training failed, nothing released: {_one_line(exc)}"
+        return _signed_refusal(site, home, audit, weights, job, reason)
+    non_finite = _non_finite(trained.weights)
+    if non_finite:
+        reason = (
+            f"the trained update is not finite ({non_finite} NaN/Inf value(s)), nothing "
+            "released: check the data and the learning rate"
+        )
+        return _signed_refusal(site, home, audit, weights, job, reason)
     entry = _ledger_entry(site, job, approval, trained.trainer)
     approval.ledger.append(entry)  # durable before the update can leave
     if trained.local_norms is not None:
@@ -150,6 +165,37 @@ def _checked_round(
     head = _sign_release(audit, site, job, approval, entry, trained.trainer)
     reply = _accepted_reply(site, trained.result, approval, entry, head)
     return RoundOutcome(trained.weights, trained.result.num_examples, reply)
+
+
+def _signed_refusal(
+    site: HospitalSite,
+    home: SiteHome,
+    audit: AuditLog,
+    weights: list[np.ndarray],
+    job: RoundJob,
+    reason: str,
+) -> RoundOutcome:
+    """Refuse the round: sign why into the site's log and reply with the received weights
+    and the site's ε account, unchanged by this round."""
+    audit.append(
+        "refusal", {"run": job.run, "round": job.round, "task": site.pack.name, "reason": reason}
+    )
+    return refusal(site, weights, reason, _spent(home))
+
+
+def _non_finite(weights: Sequence[np.ndarray]) -> int:
+    """How many values of ``weights`` are NaN or ±Inf (integer arrays are always finite)."""
+    return sum(
+        int(np.count_nonzero(~np.isfinite(w)))
+        for w in (np.asarray(array) for array in weights)
+        if np.issubdtype(w.dtype, np.inexact)
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, for a one-line refusal reason."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _train(

@@ -13,8 +13,12 @@ audit trail, and they would average a refusal like any other reply.
   logged like a refusal (event and signed ``rejected-update`` entry naming the site).
   Under SecAgg+ (``secure``) each reply carries only the securely aggregated sum, so
   the aggregate is screened instead and a bad one keeps the previous global model;
-- stops the run (:class:`FederationStopped`) when refusals or rejections leave fewer
-  than ``min_nodes`` sites, rather than publish a model of too few sites;
+- records each node that failed (Flower's ``failures``: the node raised instead of
+  replying) as a ``fit-failure`` event, a signed ``fit-failure`` entry and one console
+  line with the node's one-line reason (never a traceback);
+- stops the run (:class:`FederationStopped`) when refusals, rejections or failures leave
+  fewer than ``min_nodes`` sites, rather than publish a model of too few sites — so a run
+  in which every site failed ends non-zero, never with an untrained "final" model;
 - asks the sites to evaluate every ``evaluate_every`` rounds and after the last, adding
   ``run-id``, ``server-round``, ``num-rounds`` and ``final-round`` to the evaluate config. On
   the last round each site also writes its explanations of the model into its own site home
@@ -31,6 +35,7 @@ It never changes what it lets through, so FedAvg stays FedAvg.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,8 +87,30 @@ def _reason(reply: FitReply) -> str:
     return "" if reply.reason is None else str(reply.reason)
 
 
+# What Flower's legacy server makes of a node's exception (flwr.server.compat and the
+# Simulation Engine): "... Message: <the node's exception message>'>). It originated ...".
+_NODE_MESSAGE = re.compile(r"Message: (.*?)'>\)", re.DOTALL)
+
+
 def _describe_failures(failures: Sequence[object]) -> list[str]:
-    return [repr(f) if isinstance(f, BaseException) else "node returned an error" for f in failures]
+    """One line per failed node: the first line of the node's own message where Flower's
+    wrapping carries it (the traceback stays out of the run's records and the console)."""
+    return [_describe_failure(failure) for failure in failures]
+
+
+def _describe_failure(failure: object) -> str:
+    if isinstance(failure, BaseException):
+        text = str(failure)
+        match = _NODE_MESSAGE.search(text)
+        lines = [line.strip() for line in (match.group(1) if match else text).splitlines()]
+        first = next((line for line in lines if line), "")
+        return first or type(failure).__name__
+    if isinstance(failure, tuple) and len(failure) == 2:
+        proxy, res = failure
+        site = _site_of(proxy, dict(getattr(res, "metrics", {}) or {}))
+        status = getattr(getattr(res, "status", None), "message", "") or "no reason given"
+        return f"{site} replied with an error: {status}"
+    return f"unexpected failure {failure!r}"
 
 
 class RecordingStrategy(Strategy):
@@ -158,10 +185,8 @@ class RecordingStrategy(Strategy):
             self._record_refusal(server_round, site, reason)
         for site, reason in sorted(rejected.items()):
             self._record_rejection(server_round, site, reason)
-        for reason in _describe_failures(failures):
-            self.run_dir.record_event(server_round, {"kind": "fit-failure", "detail": reason})
-            progress.note(f"round {server_round}: a node failed during training: {reason}")
-        left_out = {**refused, **rejected}
+        failed = self._record_failures(server_round, failures)
+        left_out = {**refused, **rejected, **failed}
         if left_out and len(accepted) < self.min_nodes:
             self._stop(server_round, len(accepted), left_out)
         parameters, metrics = self.inner.aggregate_fit(server_round, accepted, failures)
@@ -220,6 +245,18 @@ class RecordingStrategy(Strategy):
             )
         progress.note(f"round {server_round}: the update of {site} was rejected: {reason}")
 
+    def _record_failures(self, server_round: int, failures: Failures) -> dict[str, str]:
+        """Record each failed node (event, signed entry, one console line); the failures by a
+        label for the stop message (the site is unknown when Flower kept only an error)."""
+        failed: dict[str, str] = {}
+        for number, reason in enumerate(_describe_failures(failures), start=1):
+            self.run_dir.record_event(server_round, {"kind": "fit-failure", "detail": reason})
+            if self.audit is not None:
+                self.audit.append("fit-failure", {"round": server_round, "detail": reason})
+            progress.note(f"round {server_round}: a node failed during training: {reason}")
+            failed[f"failed node {number}"] = reason
+        return failed
+
     def _record_participation(self, replies: Mapping[str, FitReply]) -> None:
         """Each site's privacy summary and its joined/refused round counts in metrics.json."""
         for site, reply in replies.items():
@@ -239,7 +276,7 @@ class RecordingStrategy(Strategy):
         reasons = "; ".join(f"{site}: {reason}" for site, reason in sorted(left_out.items()))
         message = (
             f"round {server_round}: only {accepted} site(s) accepted, fewer than min-nodes "
-            f"{self.min_nodes}; the run stops. Refused or rejected — {reasons}"
+            f"{self.min_nodes}; the run stops. Refused, rejected or failed — {reasons}"
         )
         self.run_dir.record_stop(server_round, message)
         raise FederationStopped(message)

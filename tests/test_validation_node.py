@@ -1,0 +1,91 @@
+"""A round that fails at a node spends no ε there (issue 14), without Ray.
+
+The node checks its update for finiteness before it is released, and a training
+exception is a signed refusal: the ledger gains no entry, the audit log says why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedmed.clients.hospital import HospitalClient
+from fedmed.clients.node import HospitalSite
+from fedmed.clients.site_home import SiteHome
+from fedmed.config import FederationConfig
+from fedmed.privacy.ledger import Ledger
+from fedmed.server.app import fit_config_fn
+from fedmed.tasks import get_task
+from fedmed.training.loop import get_weights
+
+SITE = "switzerland"  # the smallest hospital: fastest rounds
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        # A finite but absurd learning rate: the weights overflow to Inf/NaN during training.
+        ({"lr": 3e38}, "the trained update is not finite"),
+        # What `--set clip-norm=nan` sent before the coordinator checked it: Opacus fails.
+        ({"dp-clip-norm": float("nan")}, "nothing released"),
+    ],
+)
+def test_a_round_failing_at_the_node_is_a_signed_refusal_that_spends_no_epsilon(
+    tmp_path: Path, override: dict, match: str
+) -> None:
+    home = tmp_path / "home"
+    SiteHome.open(home, SITE, "heart")
+    client = HospitalClient(HospitalSite.open("heart", SITE, None, 0), home)
+    fit_config = {**fit_config_fn(FederationConfig(num_server_rounds=2), get_task("heart"))(1)}
+    fit_config.update(override)
+    weights = get_weights(get_task("heart").build_model())
+
+    returned, count, metrics = client.fit(weights, fit_config)
+
+    assert metrics["refused"] == 1 and count == 0, metrics
+    assert match in str(metrics["reason"])
+    assert metrics["epsilon"] == 0.0  # the site's ε account, unchanged by this round
+    assert all(np.array_equal(a, b) for a, b in zip(returned, weights, strict=True))
+    assert Ledger.load(home / "ledger.json").releases == []
+    log = [json.loads(line) for line in (home / "audit.jsonl").open()]
+    assert log[-1]["kind"] == "refusal" and match in log[-1]["payload"]["reason"]
+    assert "dp-release" not in [entry["kind"] for entry in log]
+
+
+def test_nodes_that_failed_are_recorded_in_one_line_each_and_stop_the_run(tmp_path: Path) -> None:
+    """Flower's ``failures`` (a node raised instead of replying) used to be noted with the
+    whole wrapped traceback and then ignored: with every node failed the round aggregated
+    nothing and the run went on to an untrained "final" model, exit 0."""
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server.strategy import FedAvg
+
+    from fedmed.audit import AuditLog
+    from fedmed.outputs import RunDirectory
+    from fedmed.server.recording import FederationStopped, RecordingStrategy
+
+    run = tmp_path / "run"
+    recorder = RecordingStrategy(
+        FedAvg(initial_parameters=ndarrays_to_parameters([np.zeros(2, np.float32)])),
+        RunDirectory(run, {"run-id": "r"}), num_rounds=1, primary_metric="accuracy",
+        min_nodes=2, audit=AuditLog.open(run / "audit.jsonl", tmp_path / "keys", "coordinator"),
+    )  # fmt: skip
+    wrapped = ValueError(  # what flwr.server.compat raises for a node's exception
+        "Message contains an Error (reason: <class 'flwr.clientapp.client_app."
+        "ClientAppException'>:<'\nException ClientAppException occurred. Message: "
+        "clip norm must be finite\nTraceback (most recent call last):\n  File \"x.py\"'>). "
+        "It originated during client-side execution of a message."
+    )
+    with pytest.raises(FederationStopped) as stopped:
+        recorder.aggregate_fit(1, [], [wrapped, wrapped])
+    message = str(stopped.value)
+    assert "only 0 site(s) accepted" in message and "Traceback" not in message
+    assert message.count("clip norm must be finite") == 2 and "\n" not in message
+    events = [e for r in recorder.run_dir.document["rounds"] for e in r["events"]]
+    assert [e["detail"] for e in events if e["kind"] == "fit-failure"] == [
+        "clip norm must be finite"
+    ] * 2
+    log = [json.loads(line) for line in (run / "audit.jsonl").open()]
+    assert [e["kind"] for e in log].count("fit-failure") == 2
