@@ -21,8 +21,12 @@ from fedmed.state import prepare_flower_environment, ray_temp_dir
 from fedmed.tasks import get_task
 
 
-def run_simulation(config: FederationConfig) -> Path:
-    """Run ``config`` with one simulated node per site; return the run directory."""
+def run_simulation(config: FederationConfig, debug: bool = False) -> Path:
+    """Run ``config`` with one simulated node per site; return the run directory.
+
+    A node's exception reaches the console as the coordinator's one line per failed node
+    (``fedmed.server.recording``); Flower's tracebacks of it are shown only with ``debug``.
+    """
     prepare_flower_environment()
     from flwr.simulation import run_simulation as flower_run_simulation
 
@@ -44,7 +48,7 @@ def run_simulation(config: FederationConfig) -> Path:
         },
     }
     aborted = threading.Event()
-    with _quiet_flower(), _restored_pythonpath(), _abort_on_failure(aborted):
+    with _quiet_flower(debug), _restored_pythonpath(), _abort_on_failure(aborted):
         flower_run_simulation(
             server_app=make_server_app(overrides, aborted),
             client_app=make_client_app(overrides),
@@ -89,16 +93,31 @@ class _DropDeprecationNotice(logging.Filter):
         return "DEPRECATED FEATURE" not in record.getMessage()
 
 
+class _DropTracebacks(logging.Filter):
+    """The Simulation Engine logs a node's exception and its traceback at ERROR, and the
+    ServerApp's too; fedmed reports each as one line (a failed node, a stopped run), so
+    without ``--debug`` those records stay off the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Traceback (most recent call last)" in message
+                    or "ClientAppException" in message)  # fmt: skip
+
+
 @contextlib.contextmanager
-def _quiet_flower() -> Iterator[None]:
+def _quiet_flower(debug: bool = False) -> Iterator[None]:
     """Flower logs every message at INFO; the coordinator prints its own progress."""
     logger = logging.getLogger("flwr")
     level = logger.level
-    notice_filter = _DropDeprecationNotice()
+    filters: list[logging.Filter] = [_DropDeprecationNotice()]
+    if not debug:
+        filters.append(_DropTracebacks())
     logger.setLevel(logging.WARNING)
-    logger.addFilter(notice_filter)
+    for log_filter in filters:
+        logger.addFilter(log_filter)
     try:
         yield
     finally:
         logger.setLevel(level)
-        logger.removeFilter(notice_filter)
+        for log_filter in filters:
+            logger.removeFilter(log_filter)

@@ -91,7 +91,7 @@ def run_federation_folder(folder: Path, args: argparse.Namespace) -> int:
     )
     run_dir = Path(config.run_dir)
     try:
-        run_simulation(config)
+        run_simulation(config, debug=bool(getattr(args, "debug", False)))
     except BaseException:  # a stopped run still gets its report (refusals are in it)
         if (run_dir / "metrics.json").is_file():
             report = write_run_report(run_dir, Path(config.sites_home))
