@@ -222,7 +222,11 @@ def _witnessed_heads(check: LogCheck) -> list[tuple[str, int, str]]:
     for entry in check.entries:
         if entry["kind"] != "round":
             continue
-        for seen in (entry["payload"].get("site_heads") or {}).values():
-            if isinstance(seen, dict) and isinstance(seen.get("seq"), int):
-                heads.append((str(seen.get("key")), seen["seq"], str(seen.get("hash"))))
+        site_heads = entry["payload"].get("site_heads")
+        if not isinstance(site_heads, dict):  # signed, but not what fedmed writes: no witness
+            continue
+        for seen in site_heads.values():
+            seq = seen.get("seq") if isinstance(seen, dict) else None
+            if type(seq) is int and seq >= 0:
+                heads.append((str(seen.get("key")), seq, str(seen.get("hash"))))
     return heads

@@ -18,6 +18,7 @@ and what was wrong; the parsers' own exceptions never reach the user.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ def read_wfdb(path: Path) -> EcgRecording:
         warnings.simplefilter("ignore", DeprecationWarning)
         import wfdb  # lazily: every simulated node imports this module, few read WFDB
     try:
+        _check_claimed_length(path, wfdb.rdheader(str(path.with_suffix(""))))
         record = wfdb.rdrecord(str(path.with_suffix("")))
         signal = record.p_signal
         fs = float(record.fs)
@@ -103,12 +105,50 @@ def read_wfdb(path: Path) -> EcgRecording:
         units = list(record.units or [])
     # wfdb raises many types (ValueError, IndexError, struct errors, …) for malformed records;
     # at this user-data boundary each of them means the same thing.
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable WFDB record ({_describe(exc)})") from None
     if signal is None:
         raise DataError(f"{path}: WFDB record has no physical signal")
     to_mv = np.array([1e-3 if unit == "uV" else 1.0 for unit in units] or [1.0])
     return _recording(path, np.asarray(signal).T * to_mv[:, None], fs, names)
+
+
+def _check_claimed_length(path: Path, header: object) -> None:
+    """Refuse a header claiming more samples than its signal files hold, before wfdb
+    allocates them (a 4e9-sample claim beside a 1 kB ``.dat`` would take 15 GiB)."""
+    folder = path.parent
+    if not hasattr(header, "fmt"):  # a multi-segment record: bound by every .dat beside it
+        capacity = 16 * sum(p.stat().st_size for p in folder.glob("*.dat") if p.is_file())
+        claimed = (getattr(header, "sig_len", 0) or 0) * (getattr(header, "n_sig", 0) or 0)
+        if claimed > capacity:
+            raise DataError(f"{path}: header claims {claimed} samples, more than its signal "
+                            "files can hold (truncated or wrong header?)")  # fmt: skip
+        return
+    sig_len = getattr(header, "sig_len", None)
+    if sig_len is None:
+        return  # wfdb infers the length from the file size
+    per_file: dict[str, list[tuple[float, int]]] = {}
+    for fmt, name, frame in zip(
+        header.fmt or [], header.file_name or [], header.samps_per_frame or [], strict=False
+    ):
+        per_file.setdefault(str(name), []).append((_WFDB_BYTES.get(str(fmt), 1 / 16), frame or 1))
+    for name, signals in per_file.items():
+        dat = folder / name
+        if not dat.is_file():
+            raise DataError(f"{path}: signal file {dat.name} named by the header is missing")
+        needed = sig_len * sum(size * frame for size, frame in signals)
+        if needed > dat.stat().st_size + 8:
+            raise DataError(f"{path}: header claims {sig_len} samples per signal but "
+                            f"{dat.name} holds only {dat.stat().st_size} bytes "
+                            "(truncated or wrong header?)")  # fmt: skip
+
+
+# Bytes per sample of the WFDB storage formats (compressed FLAC formats: at most 16
+# samples per byte is assumed, generous for ECG).
+_WFDB_BYTES = {"8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, "160": 2.0,
+               "212": 1.5, "310": 4 / 3, "311": 4 / 3}  # fmt: skip
 
 
 def read_csv_ecg(path: Path, sampling_rate: float | None) -> EcgRecording:
@@ -133,7 +173,10 @@ def read_dicom_ecg(path: Path, group: int = 0) -> EcgRecording:
     """A DICOM waveform object (e.g. a 12-lead ECG); multiplex group ``group`` (0: rhythm)."""
     _require_file(path, "DICOM file")
     try:
-        dataset = pydicom.dcmread(path)
+        # From memory, never from the file: pydicom asks the file for as many bytes as an
+        # element's (possibly corrupt) length says, up to 4 GiB each; memory stops at the end.
+        dataset = pydicom.dcmread(io.BytesIO(path.read_bytes()))
+        _parse_all(dataset)
     # pydicom raises InvalidDicomError, OSError, EOFError, ValueError… for damaged files.
     except Exception as exc:
         raise DataError(f"{path}: not a readable DICOM file ({_describe(exc)})") from None
@@ -306,6 +349,12 @@ def _dicom_channel_to_mv(channel: pydicom.Dataset) -> float:
     units = channel.get("ChannelSensitivityUnitsSequence")
     code = str(units[0].CodeValue) if units else "mV"
     return _DICOM_UNITS_TO_MV.get(code, 1.0)
+
+
+def _parse_all(dataset: pydicom.Dataset) -> None:
+    """Convert every lazily parsed element now, so a damaged one fails while reading."""
+    for _ in dataset.iterall():
+        pass
 
 
 def _describe(exc: BaseException) -> str:

@@ -63,7 +63,7 @@ def read_site_notes(path: Path, codes: Sequence[str]) -> list[Document]:
 def _parse(line: str, where: str, known: set[str]) -> Document:
     try:
         record = json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than ~1000
         raise DataError(f"{where}: not a JSON object ({exc.args[0]})") from None
     if not isinstance(record, dict):
         raise DataError(f"{where}: not a JSON object")

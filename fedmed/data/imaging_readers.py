@@ -26,6 +26,7 @@ that never touch images.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -257,7 +258,11 @@ def _read_dicom_dataset(path: Path, header_deid: HeaderDeid | None) -> Dataset:
 
     _require_file(path, "DICOM file")
     with _reading(path, "DICOM file"):
-        dataset = pydicom.dcmread(path)
+        # From memory, never from the file: pydicom asks the file for as many bytes as an
+        # element's (possibly corrupt) length says, up to 4 GiB each; memory stops at the end.
+        dataset = pydicom.dcmread(io.BytesIO(path.read_bytes()))
+        for _ in dataset.iterall():  # parse every element now: a damaged one fails here,
+            pass  # not later in header_deid or the pixel decoder
         if "PixelData" not in dataset and "FloatPixelData" not in dataset:
             raise DataError(f"{path}: DICOM file holds no pixel data")
     if header_deid is None:

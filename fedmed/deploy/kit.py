@@ -55,6 +55,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ProvisionError(f"{path}: not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProvisionError(f"{path}: invalid TOML ({exc})") from None
+    except OSError as exc:
+        raise ProvisionError(f"{path}: unreadable ({exc.strerror or exc})") from None
 
 
 @dataclass(frozen=True)
@@ -118,11 +120,26 @@ class SiteKit:
 
 
 def _kit_document(folder: Path, role: str) -> dict[str, Any]:
-    document = read_toml(folder / KIT_FILE).get("kit", {})
+    """The ``[kit]`` table of ``folder/kit.toml``, checked: role, names and addresses."""
+    path = folder / KIT_FILE
+    document = read_toml(path).get("kit", {})
+    if not isinstance(document, dict):
+        raise ProvisionError(f"{path}: 'kit' must be a table ([kit])")
     if document.get("role") != role:
         raise ProvisionError(
             f"{folder}: not a {role} kit (kit.toml says role {document.get('role')!r})"
         )
+    names = ("federation", "site") if role == "site" else ("federation",)
+    for name in names:
+        if not isinstance(document.get(name), str) or not document[name].strip():
+            raise ProvisionError(f"{path}: kit.{name} must be a non-empty string")
+    addresses = document.get("addresses")
+    if (
+        not isinstance(addresses, list)
+        or not addresses
+        or not all(isinstance(a, str) and a.strip() for a in addresses)
+    ):
+        raise ProvisionError(f"{path}: kit.addresses must be a non-empty list of host:port strings")
     return document
 
 

@@ -68,9 +68,9 @@ class LedgerEntry:
             value = document[name]
             if name == "epsilon_after" and value is None:
                 values[name] = math.inf
-            elif kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+            elif kind == "int" and type(value) is int and abs(value) < 2**63:
                 values[name] = value
-            elif kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+            elif kind == "float" and _finite_number(value):
                 values[name] = float(value)
             elif kind == "str" and isinstance(value, str):
                 values[name] = value
@@ -80,7 +80,20 @@ class LedgerEntry:
             raise PrivacyRefusal(f"{where}: release with impossible steps or sample rate")
         if values["noise_multiplier"] < 0 or not 0.0 < values["delta"] < 1.0:
             raise PrivacyRefusal(f"{where}: release with impossible noise multiplier or delta")
+        if values["round"] < 0 or values["clip_norm"] <= 0 or values["epsilon_after"] < 0:
+            raise PrivacyRefusal(f"{where}: release with a negative round or epsilon, or a "
+                                 "clipping norm that is not > 0")  # fmt: skip
         return cls(**values)
+
+
+def _finite_number(value: Any) -> bool:
+    """A JSON number that is a finite float (json reads NaN, Infinity and 400-digit ints)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 class Ledger:
@@ -108,7 +121,8 @@ class Ledger:
             document = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise PrivacyRefusal(f"{path}: privacy ledger missing; refusing to train") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # RecursionError: arrays or objects nested deeper than ~1000 levels
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise PrivacyRefusal(f"{path}: privacy ledger unreadable ({exc})") from None
         if not isinstance(document, dict) or document.get("format") != LEDGER_FORMAT:
             raise PrivacyRefusal(f"{path}: not a {LEDGER_FORMAT} ledger")

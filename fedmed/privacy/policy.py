@@ -128,7 +128,10 @@ def parse_policy(text: str, source: str = POLICY_FILE) -> Policy:
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{name} must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a TOML integer past float range (tomllib reads any size)
+        raise ConfigError(f"{name} must be a number within float range, got {value}") from None
 
 
 def _task_list(value: Any) -> list[str]:

@@ -96,7 +96,8 @@ def read_site_table(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, header=None, na_values="?")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: not a readable comma-separated table ({exc})") from None
+        detail = " ".join(str(exc).split())  # pandas ends some messages with a newline
+        raise DataError(f"{path}: not a readable comma-separated table ({detail})") from None
     if table.shape[1] != len(COLUMNS):
         raise DataError(
             f"{path}: expected {len(COLUMNS)} comma-separated columns, found {table.shape[1]}"
