@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedmed-installed
 
-.PHONY: demo test test-deploy install lint clean
+.PHONY: demo test test-deploy fuzz install lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,8 @@ clean:
 # already holds: 13–16 min on 2 busy cores. CI (.ci/run) runs it after `test`.
 test-deploy: $(STAMP)
 	FEDMED_DEPLOY_SLOW=1 $(BIN)/python -m pytest tests/test_deploy_loopback.py
+
+# The parser fuzz tests of `test` with the long profile: 1000 examples per parser
+# (FEDMED_FUZZ_EXAMPLES=N for more). Derandomised, no example database.
+fuzz: $(STAMP)
+	FEDMED_FUZZ=long $(BIN)/python -m pytest tests/test_fuzz_parsers.py --hypothesis-show-statistics
