@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -72,7 +72,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except FileNotFoundError:
         raise AuditError(f"{path}: public key missing beside the log") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:  # e.g. a damaged key type OID
         raise AuditError(f"{path}: unreadable public key ({exc})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise AuditError(f"{path}: not an Ed25519 public key")

@@ -352,8 +352,11 @@ def _dicom_channel_to_mv(channel: pydicom.Dataset) -> float:
 
 
 def _parse_all(dataset: pydicom.Dataset) -> None:
-    """Convert every lazily parsed element now, so a damaged one fails while reading."""
+    """Convert every lazily parsed element now (file meta included), so a damaged one fails
+    while reading."""
     for _ in dataset.iterall():
+        pass
+    for _ in (getattr(dataset, "file_meta", None) or pydicom.Dataset()).iterall():
         pass
 
 

@@ -86,9 +86,10 @@ def read_dicom(path: str | Path, header_deid: HeaderDeid | None = None) -> Image
     path = Path(path)
     dataset = _read_dicom_dataset(path, header_deid)
     pixels = _dicom_pixels(dataset, path)
-    spacing = _dicom_pixel_spacing(dataset)
-    if pixels.ndim == 3:
-        spacing = (float(dataset.get("SpacingBetweenSlices", 1.0) or 1.0), *spacing)
+    with _reading(path, "DICOM header"):  # spacings are text (DS): '1.0\\x' fails here
+        spacing = _dicom_pixel_spacing(dataset)
+        if pixels.ndim == 3:
+            spacing = (float(dataset.get("SpacingBetweenSlices", 1.0) or 1.0), *spacing)
     return ImageVolume(pixels, _modality(dataset), spacing, path, _without_pixels(dataset))
 
 
@@ -108,7 +109,8 @@ def read_dicom_series(folder: str | Path, header_deid: HeaderDeid | None = None)
     series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
     if len(series) > 1:
         raise DataError(f"{folder}: holds {len(series)} different series; expected one")
-    slices = _in_patient_order(slices)
+    with _reading(folder, "DICOM series geometry"):
+        slices = _in_patient_order(slices)
     images = [_dicom_pixels(ds, path) for path, ds in slices]
     shape = images[0].shape
     for (path, _), image in zip(slices, images, strict=True):
@@ -117,7 +119,8 @@ def read_dicom_series(folder: str | Path, header_deid: HeaderDeid | None = None)
                 f"{path}: slice of shape {image.shape} does not fit the series' {shape} 2-D slices"
             )
     first = slices[0][1]
-    spacing = (_slice_spacing([ds for _, ds in slices]), *_dicom_pixel_spacing(first))
+    with _reading(folder, "DICOM series geometry"):
+        spacing = (_slice_spacing([ds for _, ds in slices]), *_dicom_pixel_spacing(first))
     return ImageVolume(np.stack(images), _modality(first), spacing, folder, _without_pixels(first))
 
 
@@ -261,8 +264,9 @@ def _read_dicom_dataset(path: Path, header_deid: HeaderDeid | None) -> Dataset:
         # From memory, never from the file: pydicom asks the file for as many bytes as an
         # element's (possibly corrupt) length says, up to 4 GiB each; memory stops at the end.
         dataset = pydicom.dcmread(io.BytesIO(path.read_bytes()))
-        for _ in dataset.iterall():  # parse every element now: a damaged one fails here,
-            pass  # not later in header_deid or the pixel decoder
+        meta = getattr(dataset, "file_meta", None) or pydicom.Dataset()
+        for _ in (*dataset.iterall(), *meta.iterall()):  # parse every element now: a damaged
+            pass  # one fails here, not later in header_deid or the pixel decoder
         if "PixelData" not in dataset and "FloatPixelData" not in dataset:
             raise DataError(f"{path}: DICOM file holds no pixel data")
     if header_deid is None:

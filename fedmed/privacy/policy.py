@@ -109,7 +109,8 @@ def parse_policy(text: str, source: str = POLICY_FILE) -> Policy:
     known = {"epsilon", "delta", "min_noise_multiplier", "allowed_tasks", "accountant"}
     unknown = sorted(set(document) - known)
     if unknown:
-        raise PrivacyRefusal(f"{source}: unknown policy setting(s) {', '.join(unknown)}")
+        names = ", ".join(k if k.isprintable() else repr(k) for k in unknown)  # one line
+        raise PrivacyRefusal(f"{source}: unknown policy setting(s) {names}")
     missing = sorted(known - set(document))
     if missing:
         raise PrivacyRefusal(f"{source}: policy lacks {', '.join(missing)}")
