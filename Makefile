@@ -39,4 +39,4 @@ test-deploy: $(STAMP)
 # The parser fuzz tests of `test` with the long profile: 1000 examples per parser
 # (FEDMED_FUZZ_EXAMPLES=N for more). Derandomised, no example database.
 fuzz: $(STAMP)
-	FEDMED_FUZZ=long $(BIN)/python -m pytest tests/test_fuzz_parsers.py --hypothesis-show-statistics
+	FEDMED_FUZZ=long $(BIN)/python -m pytest tests/test_fuzz_parsers.py -W ignore::UserWarning --hypothesis-show-statistics
