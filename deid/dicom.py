@@ -25,10 +25,13 @@ this module; the gate's residual check looks for identifiers left in text attrib
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pydicom
 from pydicom import Dataset
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import DataElement
@@ -211,3 +214,18 @@ def shift_dicom_date(value: str, days: int) -> str:
     except ValueError:
         return ""
     return (day + dt.timedelta(days=days)).strftime("%Y%m%d") + text[8:]
+
+
+def parsed_dicom(path: Path) -> Dataset:
+    """The DICOM file at ``path`` read from memory with every element parsed now.
+
+    From memory: pydicom asks a file for as many bytes as an element's (possibly corrupt)
+    length says, up to 4 GiB each; a buffer stops at its end. Every element now: pydicom
+    parses lazily, so an unknown VR would otherwise raise later, inside header
+    de-identification, instead of here where the gate quarantines the file.
+    """
+    dataset = pydicom.dcmread(io.BytesIO(Path(path).read_bytes()))
+    meta = getattr(dataset, "file_meta", None) or Dataset()
+    for _ in (*dataset.iterall(), *meta.iterall()):
+        pass
+    return dataset

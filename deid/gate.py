@@ -36,12 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
 from fedmed.deid.config import DeidConfig
-from fedmed.deid.dicom import PROFILE_VERSION, DicomDeidentifier
+from fedmed.deid.dicom import PROFILE_VERSION, DicomDeidentifier, parsed_dicom
 from fedmed.deid.phi import CATEGORY_OF, Document
 from fedmed.deid.residual import RESIDUAL_VERSION, residual_findings
 from fedmed.deid.sitekey import SiteKey
@@ -195,8 +194,9 @@ class Gate:
             problem = f"file over the {self.config.max_bytes}-byte limit"
         if problem is None:
             try:
-                return pydicom.dcmread(path)
-            except (InvalidDicomError, OSError, ValueError, EOFError) as e:
+                return parsed_dicom(path)
+            except (InvalidDicomError, OSError, ValueError, EOFError, NotImplementedError,
+                    KeyError, TypeError) as e:
                 problem = f"not a readable DICOM file ({type(e).__name__})"
         self._quarantine(batch, name, {"reason": problem}, None, "")
         return None

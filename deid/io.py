@@ -167,7 +167,8 @@ def read_csv(path: str | Path, column: str,
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from e
+        # pandas' tokenizer messages end in a newline: keep the error one line
+        raise DataError(f"{path}: malformed CSV ({' '.join(str(e).split())})") from e
     if column not in frame.columns:
         raise DataError(f"{path}: no column {column!r} (columns: {list(frame.columns)})")
     return frame
@@ -188,6 +189,8 @@ def read_jsonl(path: str | Path, text_key: str = "text",
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {n} is not JSON ({e.msg})") from e
+        except RecursionError as e:  # arrays or objects nested deeper than ~1000 levels
+            raise DataError(f"{path}: line {n} is nested too deeply to be a note") from e
         if not isinstance(rec, dict) or not isinstance(rec.get(text_key), str):
             raise DataError(f"{path}: line {n} has no string field {text_key!r}")
         records.append(rec)

@@ -61,14 +61,11 @@ T = TypeVar("T")
 # ------------------------------------------------------------------ the one check
 
 
-def parse_cleanly(
-    call: Callable[[], T], *names: str | Path, known: Callable[[str], bool] | None = None
-) -> T | FedmedError:
+def parse_cleanly(call: Callable[[], T], *names: str | Path) -> T | FedmedError:
     """Run ``call``; return its result or the fedmed error it raised.
 
     Imports a reader makes on first use are timed and traced too: import them beforehand.
-    ``known`` accepts the message of a finding another module owns (kept as a strict
-    xfail next to the test). Fails the test on any other exception, on an error message
+    Fails the test on any other exception, on an error message
     that is not one line or names none of ``names`` (the file, or the folder, being read),
     on a call slower than :data:`MAX_SECONDS`, or on one that allocated more than
     :data:`MAX_TRACED_BYTES`.
@@ -79,8 +76,6 @@ def parse_cleanly(
         outcome: T | FedmedError = call()
     except FedmedError as exc:
         message = str(exc)
-        if known is not None and known(message):
-            return exc
         assert "\n" not in message and "\r" not in message, f"multi-line error: {message!r}"
         assert any(str(name) in message for name in names), (
             f"error names none of {[str(n) for n in names]}: {message!r}"
