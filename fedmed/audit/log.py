@@ -17,9 +17,10 @@ the end — the one change a hash chain alone cannot show.
 
 Kinds written by fedmed: ``log-start``, ``run-start``, ``run-end``, ``round`` (the
 coordinator's per-round record with the model hash and the sites' log heads it
-saw), ``round-participation``, ``dp-release``, ``refusal``, and ``deid-batch`` (the
-de-identification gate's batch reports; any caller may add kinds via
-:meth:`AuditLog.append`).
+saw), ``round-participation``, ``dp-release``, ``refusal``, ``policy-change`` (a site's
+``policy.toml`` digest and budget, signed when first seen and whenever it changes), and
+``deid-batch`` (the de-identification gate's batch reports; any caller may add kinds
+via :meth:`AuditLog.append`).
 """
 
 from __future__ import annotations
@@ -63,11 +64,19 @@ class AuditLog:
     a party never extends a chain that has been tampered with.
     """
 
-    def __init__(self, path: Path, key: Ed25519PrivateKey, last_seq: int, last_hash: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: Ed25519PrivateKey,
+        last_seq: int,
+        last_hash: str,
+        entries: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.path = Path(path)
         self._key = key
         self._seq = last_seq
         self._hash = last_hash
+        self._entries = list(entries or [])
         self.key_fingerprint = fingerprint(key.public_key())
 
     @classmethod
@@ -83,7 +92,7 @@ class AuditLog:
             result = verify_log(path)
             if not result.ok:
                 raise AuditError(f"{path}: {result.describe()}; refusing to extend it")
-            return cls(path, key, result.last_seq, result.last_hash)
+            return cls(path, key, result.last_seq, result.last_hash, result.entries)
         if head_path(path).exists():
             raise AuditError(f"{path}: log missing but its signed head remains (deleted?)")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +100,16 @@ class AuditLog:
         log = cls(path, key, -1, GENESIS)
         log.append("log-start", {"party": party, "key": log.key_fingerprint})
         return log
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry of the log, verified when it was opened plus those appended since
+        (a copy: the party reads its own signed record, e.g. the node's ``dp-release``s)."""
+        return list(self._entries)
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        """The payloads of this log's entries of ``kind``, in order."""
+        return [entry["payload"] for entry in self._entries if entry["kind"] == kind]
 
     @property
     def head(self) -> Head:
@@ -105,10 +124,9 @@ class AuditLog:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         digest = entry_hash(seq, when, kind, safe, self._hash)
         signature = self._key.sign(ENTRY_DOMAIN + digest.encode("ascii")).hex()
-        line = canonical(
-            {"seq": seq, "time": when, "kind": kind, "payload": safe, "prev": self._hash,
-             "hash": digest, "sig": signature}
-        )
+        entry = {"seq": seq, "time": when, "kind": kind, "payload": safe, "prev": self._hash,
+                 "hash": digest, "sig": signature}
+        line = canonical(entry)
         existed = self.path.exists()
         with open(self.path, "a", encoding="ascii") as handle:
             handle.write(line + "\n")
@@ -117,6 +135,7 @@ class AuditLog:
         if not existed:
             fsync_folder(self.path.parent)
         self._seq, self._hash = seq, digest
+        self._entries.append(entry)
         head = {"seq": seq, "hash": digest, "sig": self._key.sign(head_message(seq, digest)).hex()}
         write_bytes_durable(head_path(self.path), (canonical(head) + "\n").encode("ascii"))
         return self.head

@@ -13,12 +13,20 @@ Durability: the whole file is rewritten through :func:`fedmed.outputs.write_byte
 leave. Fail closed: a missing or malformed ledger raises
 :class:`~fedmed.errors.PrivacyRefusal` — an unreadable record of spent privacy is
 never read as "nothing spent".
+
+The ledger is a cache, not the record: every release is also signed into the site's
+audit log as a ``dp-release`` entry whose payload carries the same fields. The node
+compares the two at every round (:func:`ledger_disagreement`, fed with the payloads
+the caller read from the verified log) and refuses on any difference, so a ledger
+edited or reset by hand can never make ε lower than the signed log proves;
+:func:`signed_history` gives the accountant's history from the signed payloads alone.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -159,3 +167,71 @@ class Ledger:
             "releases": [entry.to_json() for entry in self.releases],
         }
         write_bytes_durable(self.path, (json.dumps(document, indent=1) + "\n").encode())
+
+
+RELEASE_FIELDS = tuple(f.name for f in fields(LedgerEntry))
+
+
+def _signed_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The ledger fields of one signed ``dp-release`` payload (absent ones are ``None``)."""
+    return {name: payload.get(name) for name in RELEASE_FIELDS}
+
+
+def _label(release: Mapping[str, Any]) -> str:
+    return f"run {release.get('run')!r} round {release.get('round')!r}"
+
+
+def ledger_disagreement(
+    releases: Sequence[LedgerEntry], signed: Sequence[Mapping[str, Any]]
+) -> tuple[int, str] | None:
+    """``None`` when ``releases`` (the ledger) are exactly the signed ``dp-release``
+    payloads ``signed`` (in log order); otherwise ``(index, why)``: the 0-based index of
+    the first release that differs, and the difference in one line.
+
+    Pure: the caller reads ``signed`` from a verified audit log (the log is the source
+    of truth, the ledger its cache). Differences: a release signed but missing from the
+    ledger, a release whose fields differ, a ledger release with no signed entry.
+    """
+    recorded = [entry.to_json() for entry in releases]
+    pairs = zip(recorded, map(_signed_fields, signed), strict=False)  # lengths: below
+    for index, (mine, theirs) in enumerate(pairs):
+        changed = [name for name in RELEASE_FIELDS if mine[name] != theirs[name]]
+        if changed:
+            values = "; ".join(
+                f"{name} ledger {mine[name]!r} vs signed {theirs[name]!r}" for name in changed
+            )
+            return index, (
+                f"release {index + 1} ({_label(theirs)}) differs from its signed entry: {values}"
+            )
+    count = len(recorded)
+    if len(signed) > count:
+        return count, (
+            f"release {count + 1} ({_label(_signed_fields(signed[count]))}) is signed in the "
+            f"audit log but missing from the ledger ({count} of {len(signed)} signed releases "
+            "recorded)"
+        )
+    if count > len(signed):
+        return len(signed), (
+            f"ledger release {len(signed) + 1} ({_label(recorded[len(signed)])}) has no signed "
+            "dp-release entry in the audit log"
+        )
+    return None
+
+
+def signed_history(signed: Sequence[Mapping[str, Any]]) -> list[tuple[float, float, int]]:
+    """The accountant history ``[(σ, q, steps), ...]`` of signed ``dp-release`` payloads;
+    PrivacyRefusal if one lacks a usable mechanism (fail closed: never read as no release)."""
+    history: list[tuple[float, float, int]] = []
+    for index, payload in enumerate(signed):
+        sigma, rate, steps = (payload.get(k) for k in ("noise_multiplier", "sample_rate", "steps"))
+        if not (_finite_number(sigma) and _finite_number(rate) and type(steps) is int):
+            raise PrivacyRefusal(
+                f"signed release {index + 1} ({_label(payload)}) lacks a usable mechanism"
+            )
+        history.append((float(sigma), float(rate), steps))
+    return history
+
+
+def signed_epsilon(signed: Sequence[Mapping[str, Any]], delta: float, accountant: str) -> float:
+    """ε of every signed release, at ``delta`` (what the signed log proves was spent)."""
+    return epsilon_of(signed_history(signed), delta, accountant)
