@@ -3,7 +3,12 @@
 The order is the guarantee:
 
 1. Under the site home's lock, open the audit log (verified), the policy and the
-   ledger. Any of them missing, unreadable or tampered with → refuse.
+   ledger. Any of them missing, unreadable or tampered with → refuse. The signed log
+   is the source of truth: a ``policy.toml`` whose SHA-256 differs from the last one
+   signed is signed as a ``policy-change`` entry (digest, ε and δ budget) before it
+   is used, and the ledger's releases must be exactly the signed ``dp-release``
+   entries (:func:`fedmed.privacy.ledger.ledger_disagreement`) — a ledger edited or
+   reset by hand → refuse, so ε is never lower than what the signed log proves.
 2. Turn the job's DP request and the site's data size into the exact mechanism
    (σ, q, steps) and ask :func:`fedmed.privacy.guard.check_release`: ε after the
    round is projected over the site's whole ledger. Over budget, or against the
@@ -42,7 +47,7 @@ from fedmed.config import Scalar
 from fedmed.errors import ConfigError, PrivacyRefusal
 from fedmed.privacy.guard import Decision, ReleaseRequest, check_release
 from fedmed.privacy.job import DPJob, plan_release
-from fedmed.privacy.ledger import Ledger, LedgerEntry
+from fedmed.privacy.ledger import Ledger, LedgerEntry, ledger_disagreement, signed_epsilon
 from fedmed.privacy.policy import Policy
 from fedmed.privacy.reply import FitReply
 from fedmed.privacy.trainer import DPTrainer, validate_model
@@ -115,12 +120,12 @@ class _Trained:
     local_norms: LocalNorms | None
 
 
-def _decide(site: HospitalSite, home: SiteHome, job: RoundJob) -> _Approval | str:
+def _decide(
+    site: HospitalSite, policy: Policy, ledger: Ledger, job: RoundJob
+) -> _Approval | str:
     """The approval of this round, or the reason to refuse it (fail closed on any doubt)."""
     task = site.pack.name
     try:
-        policy = home.policy()
-        ledger = home.ledger()
         request = plan_release(
             job.dp, task, len(site.data.train), job.settings.batch_size, job.settings.local_epochs
         )
@@ -134,6 +139,42 @@ def _decide(site: HospitalSite, home: SiteHome, job: RoundJob) -> _Approval | st
     return _Approval(policy, ledger, request, decision)
 
 
+def _signed_policy(home: SiteHome, audit: AuditLog) -> Policy:
+    """The site's policy, after signing a ``policy-change`` entry if its digest is not the
+    last one signed (first sight included): a raised budget is always in the chain."""
+    policy, digest = home.policy_and_digest()
+    signed = audit.of_kind("policy-change")
+    last = signed[-1] if signed else None
+    if last is None or last.get("sha256") != digest:
+        audit.append(
+            "policy-change",
+            {
+                "sha256": digest,
+                "epsilon": policy.epsilon,
+                "delta": policy.delta,
+                "policy": policy.to_json(),
+                "previous_sha256": last.get("sha256") if last else None,
+                "previous_epsilon": last.get("epsilon") if last else None,
+                "previous_delta": last.get("delta") if last else None,
+            },
+        )
+    return policy
+
+
+def _checked_ledger(home: SiteHome, audit: AuditLog) -> Ledger:
+    """The ledger, if its releases are exactly the signed ``dp-release`` entries of the
+    site's own log; PrivacyRefusal naming the first difference otherwise."""
+    ledger = home.ledger()
+    difference = ledger_disagreement(ledger.releases, audit.of_kind("dp-release"))
+    if difference is not None:
+        raise PrivacyRefusal(
+            f"{ledger.path.name} disagrees with the signed audit log: {difference[1]}; the "
+            "ledger was edited, reset or replaced, and the signed dp-release entries are the "
+            "record of privacy spent — restore the ledger from a backup that matches them"
+        )
+    return ledger
+
+
 def _checked_round(
     site: HospitalSite, home: SiteHome, audit: AuditLog, weights: list[np.ndarray], job: RoundJob
 ) -> RoundOutcome:
@@ -142,7 +183,12 @@ def _checked_round(
     The order is the guarantee: the release is in the ledger (durable) and signed into
     the audit log before the update is returned, so no update leaves unaccounted.
     """
-    approval = _decide(site, home, job)
+    try:
+        policy = _signed_policy(home, audit)
+        ledger = _checked_ledger(home, audit)
+    except PrivacyRefusal as exc:
+        return _signed_refusal(site, home, audit, weights, job, str(exc))
+    approval = _decide(site, policy, ledger, job)
     if isinstance(approval, str):
         return _signed_refusal(site, home, audit, weights, job, approval)
     try:
@@ -180,7 +226,7 @@ def _signed_refusal(
     audit.append(
         "refusal", {"run": job.run, "round": job.round, "task": site.pack.name, "reason": reason}
     )
-    return refusal(site, weights, reason, _spent(home))
+    return refusal(site, weights, reason, _spent(home, audit))
 
 
 def _non_finite(weights: Sequence[np.ndarray]) -> int:
@@ -321,13 +367,15 @@ def _account(epsilon: float, policy: Policy) -> dict[str, Any]:
     }
 
 
-def _spent(home: SiteHome) -> dict[str, Any]:
-    """The site's ε account for a refusal reply, if its policy and ledger can be read."""
+def _spent(home: SiteHome, audit: AuditLog) -> dict[str, Any]:
+    """The site's ε account for a refusal reply, recomputed from the signed ``dp-release``
+    entries (never from a ledger that may disagree), if the policy can be read."""
     try:
         policy = home.policy()
-        return _account(home.ledger().spent(policy.delta, policy.accountant), policy)
-    except PrivacyRefusal:
+        spent = signed_epsilon(audit.of_kind("dp-release"), policy.delta, policy.accountant)
+    except (PrivacyRefusal, ConfigError):
         return {}
+    return _account(spent, policy)
 
 
 def refusal(

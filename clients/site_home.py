@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -37,7 +38,7 @@ from fedmed.audit.keys import KEY_FILE
 from fedmed.config import FederationConfig
 from fedmed.errors import PrivacyRefusal
 from fedmed.privacy.ledger import LEDGER_FILE, Ledger
-from fedmed.privacy.policy import POLICY_FILE, Policy, load_policy
+from fedmed.privacy.policy import POLICY_FILE, Policy, load_policy, parse_policy
 from fedmed.state import site_home_path
 
 AUDIT_FILE = "audit.jsonl"
@@ -120,6 +121,22 @@ class SiteHome:
 
     def policy(self) -> Policy:
         return load_policy(self.root / POLICY_FILE)
+
+    def policy_and_digest(self) -> tuple[Policy, str]:
+        """The policy and the SHA-256 of the very bytes it was parsed from (what the node
+        signs as a ``policy-change`` when it differs from the last one it signed)."""
+        path = self.root / POLICY_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise PrivacyRefusal(f"{path}: policy file missing; refusing to train") from None
+        except OSError as exc:
+            raise PrivacyRefusal(f"{path}: policy unreadable ({exc})") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PrivacyRefusal(f"{path}: policy unreadable ({exc})") from None
+        return parse_policy(text, str(path)), hashlib.sha256(data).hexdigest()
 
     def ledger(self) -> Ledger:
         ledger = Ledger.load(self.root / LEDGER_FILE)
