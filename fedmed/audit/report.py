@@ -3,8 +3,11 @@
 Inputs are folders: site homes (a folder with ``policy.toml`` or ``ledger.json``),
 run directories and anything holding audit logs. Everything is read, nothing is
 trusted: every ``*.jsonl`` log is verified (:func:`fedmed.audit.verify.verify_tree`)
-and each site's ε is recomputed from its ledger's history, not copied from the
-ledger's own ``epsilon_after`` — the report says if the two disagree.
+and each site's ε is recomputed from the signed ``dp-release`` entries of its audit
+log (the source of truth; from the ledger's history only when a home has no log),
+never copied from a recorded ``epsilon_after``. The report says when ``ledger.json``
+disagrees with the signed entries, and lists each site's signed ``policy-change``
+entries (a raised budget shows with its time).
 :mod:`fedmed.audit.report_html` renders this document for people.
 """
 
@@ -16,12 +19,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedmed.audit.ledger_check import SITE_LOG, signed_releases
 from fedmed.audit.verify import LogCheck, verify_tree
 from fedmed.errors import FedmedError
-from fedmed.privacy.ledger import LEDGER_FILE, Ledger
-from fedmed.privacy.policy import POLICY_FILE, load_policy
-
-SITE_LOG = "audit.jsonl"
+from fedmed.privacy.ledger import (
+    LEDGER_FILE,
+    RELEASE_FIELDS,
+    Ledger,
+    ledger_disagreement,
+    signed_epsilon,
+)
+from fedmed.privacy.policy import POLICY_FILE, Policy, load_policy
 
 
 def find_site_homes(roots: Iterable[Path]) -> list[Path]:
@@ -71,36 +79,36 @@ def _log_summary(check: LogCheck) -> dict[str, Any]:
 
 
 def _site(home: Path, log: LogCheck | None) -> dict[str, Any]:
-    """One site's policy, releases, ε, participation and log status."""
+    """One site's policy, releases, ε, policy changes, participation and log status."""
     site: dict[str, Any] = {"site": home.name, "home": str(home), "problems": []}
     try:
-        policy = load_policy(home / POLICY_FILE)
+        policy: Policy | None = load_policy(home / POLICY_FILE)
         site["policy"] = policy.to_json()
     except FedmedError as exc:
         policy = None
         site["policy"] = None
         site["problems"].append(str(exc))
-    releases: list[dict[str, Any]] = []
-    try:
-        ledger = Ledger.load(home / LEDGER_FILE)
-        site["site"] = ledger.site
-        releases = [entry.to_json() for entry in ledger.releases]
-        if policy is not None:
-            spent = ledger.spent(policy.delta, policy.accountant)
-            site["spent_epsilon"] = spent if math.isfinite(spent) else None
-            recorded = ledger.releases[-1].epsilon_after if ledger.releases else 0.0
-            if not _same(recorded, spent):
+    entries = log.entries if log else []
+    signed = signed_releases(entries)
+    ledger = _ledger(home, site)
+    if log is not None:
+        releases = [{name: p.get(name) for name in RELEASE_FIELDS} for p in signed]
+        site["epsilon_source"] = "signed dp-release entries of the audit log"
+        if ledger is not None:
+            difference = ledger_disagreement(ledger.releases, signed)
+            if difference is not None:
                 site["problems"].append(
-                    f"ledger's last recorded epsilon {recorded:.4f} differs from the epsilon "
-                    f"recomputed from its history ({spent:.4f}) under the current policy"
+                    f"{LEDGER_FILE} disagrees with the signed audit log: {difference[1]}; "
+                    "epsilon is recomputed from the signed entries"
                 )
-    except FedmedError as exc:
-        site["problems"].append(str(exc))
+    else:
+        releases = [entry.to_json() for entry in ledger.releases] if ledger else []
+        site["epsilon_source"] = f"{LEDGER_FILE} (no signed audit log to check it against)"
+        site["problems"].append(f"no audit log ({SITE_LOG}) in the site home")
+    if policy is not None and (log is not None or ledger is not None):
+        _spent(site, policy, signed if log is not None else None, ledger)
     site["releases"] = releases
     site["audit"] = _log_summary(log) if log else None
-    if log is None:
-        site["problems"].append(f"no audit log ({SITE_LOG}) in the site home")
-    entries = log.entries if log else []
     site["rounds_joined"] = sum(
         1 for e in entries
         if e["kind"] == "round-participation" and e["payload"].get("decision") == "joined"
@@ -111,8 +119,64 @@ def _site(home: Path, log: LogCheck | None) -> dict[str, Any]:
         if e["kind"] == "refusal"
     ]
     site["rounds_refused"] = len(site["refusals"])
+    site["policy_changes"] = _policy_changes(entries)
     site["deid_batches"] = sum(1 for e in entries if e["kind"] == "deid-batch")
     return site
+
+
+def _ledger(home: Path, site: dict[str, Any]) -> Ledger | None:
+    """The home's ledger, or ``None`` with the reason added to the site's problems."""
+    try:
+        ledger = Ledger.load(home / LEDGER_FILE)
+    except FedmedError as exc:
+        site["problems"].append(str(exc))
+        return None
+    site["site"] = ledger.site
+    return ledger
+
+
+def _spent(
+    site: dict[str, Any],
+    policy: Policy,
+    signed: list[dict[str, Any]] | None,
+    ledger: Ledger | None,
+) -> None:
+    """``spent_epsilon`` from the signed releases (the ledger's history without a log),
+    and a problem if the last recorded ``epsilon_after`` differs from it."""
+    try:
+        if signed is not None:
+            spent = signed_epsilon(signed, policy.delta, policy.accountant)
+            recorded = _recorded_epsilon(signed[-1].get("epsilon_after")) if signed else 0.0
+        elif ledger is not None:
+            spent = ledger.spent(policy.delta, policy.accountant)
+            recorded = ledger.releases[-1].epsilon_after if ledger.releases else 0.0
+        else:
+            return
+    except FedmedError as exc:
+        site["problems"].append(str(exc))
+        return
+    site["spent_epsilon"] = spent if math.isfinite(spent) else None
+    if not _same(recorded, spent):
+        site["problems"].append(
+            f"last recorded epsilon {recorded:.4f} differs from the epsilon recomputed "
+            f"from the release history ({spent:.4f}) under the current policy"
+        )
+
+
+def _recorded_epsilon(value: Any) -> float:
+    """A signed ``epsilon_after`` (``null`` is unbounded)."""
+    return math.inf if value is None else float(value)
+
+
+def _policy_changes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The signed ``policy-change`` entries: when each policy digest was first seen, its
+    budget and the budget before it (``previous_*`` are ``None`` for the first)."""
+    keys = ("sha256", "epsilon", "delta", "previous_sha256", "previous_epsilon", "previous_delta")
+    return [
+        {"time": e["time"], **{k: e["payload"].get(k) for k in keys}}
+        for e in entries
+        if e["kind"] == "policy-change"
+    ]
 
 
 def _same(a: float, b: float) -> bool:

@@ -160,6 +160,9 @@ def _site_section(site: Mapping[str, Any]) -> str:
             f"<tr><th>Allowed tasks</th><td>{_e(allowed)}</td></tr>"
             f"<tr><th>Accountant</th><td>{_e(policy['accountant'])}</td></tr></table>"
         )
+    parts.append(_policy_changes(site.get("policy_changes") or []))
+    if site.get("epsilon_source"):
+        parts.append(f"<p class='muted'>ε recomputed from the {_e(site['epsilon_source'])}.</p>")
     parts.append(_releases_table(site["releases"]))
     if site["refusals"]:
         rows = "".join(
@@ -181,6 +184,30 @@ def _site_section(site: Mapping[str, Any]) -> str:
         )
     parts.append("</div>")
     return "".join(parts)
+
+
+def _policy_changes(changes: Sequence[Mapping[str, Any]]) -> str:
+    """The signed ``policy-change`` entries: when each policy was first seen, its budget,
+    and the budget it replaced."""
+    if not changes:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(c['time'])}</td>"
+        f"<td class='num'>{_e(_was(c.get('previous_epsilon'), c.get('previous_sha256')))}</td>"
+        f"<td class='num'>{format_epsilon(c.get('epsilon'))}</td>"
+        f"<td class='num'>{_e(c.get('delta'))}</td>"
+        f"<td><code>{_e(str(c.get('sha256') or '')[:16])}</code></td></tr>"
+        for c in changes
+    )
+    return (
+        "<h3>Policy changes (signed)</h3><table><tr><th>time</th><th>ε budget before</th>"
+        f"<th>ε budget</th><th>δ</th><th>policy.toml SHA-256</th></tr>{rows}</table>"
+    )
+
+
+def _was(epsilon: Any, digest: Any) -> str:
+    """The budget before a policy change; the first policy a node saw has none."""
+    return "first seen" if digest is None else format_epsilon(epsilon)
 
 
 def _releases_table(releases: Sequence[Mapping[str, Any]]) -> str:

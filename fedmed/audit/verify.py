@@ -16,6 +16,11 @@ What a passing check proves, for a log ``X.jsonl`` with ``X.jsonl.pub`` beside i
   witnessed and signed in their own logs — the coordinator records every site's
   head each round — so a truncated site log fails when verified beside the
   coordinator's log.)
+
+:func:`verify_tree` also checks each site home's ``ledger.json`` against the signed
+``dp-release`` entries of the ``audit.jsonl`` beside it
+(:mod:`fedmed.audit.ledger_check`): a ledger edited, reset or replaced by hand fails
+that site's log, naming the first release that differs.
 """
 
 from __future__ import annotations
@@ -211,7 +216,17 @@ def verify_tree(roots: Iterable[Path]) -> list[LogCheck]:
             elif target.entries[seq]["hash"] != digest:
                 reason = f"entry {seq} differs from the one witnessed in {witness.path.name}"
                 checks[index] = replace(target, ok=False, line=seq + 1, reason=reason)
-    return checks
+    return [_with_ledger(check) for check in checks]
+
+
+def _with_ledger(check: LogCheck) -> LogCheck:
+    """``check``, failed if it is a site log whose ``ledger.json`` disagrees with it."""
+    from fedmed.audit.ledger_check import ledger_problem  # the accountant loads Opacus
+
+    problem = ledger_problem(check.path, check.party, check.entries) if check.ok else None
+    if problem is None:
+        return check
+    return replace(check, ok=False, line=problem.line, reason=problem.reason)
 
 
 def _witnessed_heads(check: LogCheck) -> list[tuple[str, int, str]]:

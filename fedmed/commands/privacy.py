@@ -1,4 +1,10 @@
-"""``fedmed ledger show``: a site's privacy budget and every release recorded against it."""
+"""``fedmed ledger show``: a site's privacy budget and every release recorded against it.
+
+The ledger is checked against the signed ``dp-release`` entries of the site's audit
+log first (:mod:`fedmed.audit.ledger_check`): if they disagree — the ledger was
+edited, reset or replaced — the command says so and exits non-zero instead of
+showing an ε lower than the signed log proves.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fedmed.audit.ledger_check import SITE_LOG, ledger_problem, signed_releases
+from fedmed.audit.verify import verify_log
 from fedmed.errors import PrivacyRefusal
 from fedmed.outputs import format_epsilon, json_safe
-from fedmed.privacy.ledger import LEDGER_FILE, Ledger
+from fedmed.privacy.ledger import LEDGER_FILE, Ledger, signed_epsilon
 from fedmed.privacy.policy import POLICY_FILE, load_policy
 
 RELEASE_KEYS = (
@@ -27,17 +35,28 @@ def ledger_document(site_home: Path) -> dict[str, Any]:
     other tools (docs/architecture.md § Node–coordinator contract).
 
     An unbounded ε (a budget of ``inf``, or a release without noise) is ``null``.
+    Spent ε is recomputed from the signed log when the home has one; PrivacyRefusal if
+    that log is not intact or the ledger disagrees with it.
     """
     if not Path(site_home).is_dir():
         raise PrivacyRefusal(f"{site_home}: site home not found")
     policy = load_policy(Path(site_home) / POLICY_FILE)
     ledger = Ledger.load(Path(site_home) / LEDGER_FILE)
+    spent = ledger.spent(policy.delta, policy.accountant)
+    if (Path(site_home) / SITE_LOG).is_file():
+        log = verify_log(Path(site_home) / SITE_LOG)
+        if not log.ok:
+            raise PrivacyRefusal(f"{log.path}: audit log not intact ({log.describe()})")
+        problem = ledger_problem(log.path, log.party, log.entries)
+        if problem is not None:
+            raise PrivacyRefusal(f"{problem.reason}; the ledger cannot be trusted")
+        spent = signed_epsilon(signed_releases(log.entries), policy.delta, policy.accountant)
     releases = [{key: entry.to_json()[key] for key in RELEASE_KEYS} for entry in ledger.releases]
     return json_safe(
         {
             "site": ledger.site,
             "budget": {"epsilon": policy.epsilon, "delta": policy.delta},
-            "spent": {"epsilon": ledger.spent(policy.delta, policy.accountant)},
+            "spent": {"epsilon": spent},
             "releases": releases,
         }
     )
@@ -76,8 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = actions.add_parser(
         "show",
         help="print the site's budget, ε spent and every release",
-        description="Print the site's budget, the ε spent (recomputed from the ledger's "
-        "history with the policy's accountant) and every release.",
+        description="Print the site's budget, the ε spent (recomputed with the policy's "
+        "accountant from the signed dp-release entries of the site's audit log) and every "
+        "release; fails if ledger.json disagrees with the signed log.",
     )
     show.add_argument("--site-home", type=Path, required=True, help="the site home folder")
     show.add_argument("--json", action="store_true", help="machine-readable output")
