@@ -3,7 +3,9 @@
 Layout::
 
     policy.toml                 the site's privacy policy (fedmed.privacy.policy)
-    ledger.json                 every DP release ever made (fedmed.privacy.ledger)
+    ledger.json                 every DP release ever made (fedmed.privacy.ledger): a
+                                cache of the signed dp-release entries, checked against
+                                them at every round
     audit.jsonl                 the site's signed audit log, with .pub and .head beside
     keys/audit-ed25519.pem      the site's signing key (0600; never leaves the site)
     .lock                       serialises check → train → record across processes
