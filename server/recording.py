@@ -88,8 +88,10 @@ def _reason(reply: FitReply) -> str:
 
 
 # What Flower's legacy server makes of a node's exception (flwr.server.compat and the
-# Simulation Engine): "... Message: <the node's exception message>'>). It originated ...".
-_NODE_MESSAGE = re.compile(r"Message: (.*?)'>\)", re.DOTALL)
+# Simulation Engine): "... Message: <the node's exception message>'>). It originated ...",
+# or, when the Ray backend wraps it in an Error's repr, "... Message: <message>\'>')" with
+# the traceback's newlines written as a backslash and an n.
+_NODE_MESSAGE = re.compile(r"Message: (.*?)\\?'>", re.DOTALL)
 
 
 def _describe_failures(failures: Sequence[object]) -> list[str]:
@@ -102,7 +104,8 @@ def _describe_failure(failure: object) -> str:
     if isinstance(failure, BaseException):
         text = str(failure)
         match = _NODE_MESSAGE.search(text)
-        lines = [line.strip() for line in (match.group(1) if match else text).splitlines()]
+        body = (match.group(1) if match else text).replace("\\n", "\n")
+        lines = [line.strip() for line in body.splitlines()]
         first = next((line for line in lines if line), "")
         return first or type(failure).__name__
     if isinstance(failure, tuple) and len(failure) == 2:

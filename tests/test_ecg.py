@@ -253,7 +253,7 @@ def test_bad_label_names_the_labels_file(pack: EcgTask, tmp_path: Path) -> None:
     folder.mkdir()
     np.savetxt(folder / "a.csv", np.zeros((500, 1)), delimiter=",", header="II", comments="")
     (folder / "labels.csv").write_text("file,label,sampling_rate\na.csv,flutter,100\n")
-    with pytest.raises(DataError, match=r"labels\.csv: label 'flutter'"):
+    with pytest.raises(DataError, match=r"labels\.csv: row 2, column 'label': 'flutter'"):
         pack.load_site("clinic", tmp_path, seed=0)
 
 

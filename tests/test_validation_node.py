@@ -89,3 +89,19 @@ def test_nodes_that_failed_are_recorded_in_one_line_each_and_stop_the_run(tmp_pa
     ] * 2
     log = [json.loads(line) for line in (run / "audit.jsonl").open()]
     assert [e["kind"] for e in log].count("fit-failure") == 2
+
+
+def test_a_ray_wrapped_node_error_becomes_its_own_one_line_message() -> None:
+    """The Simulation Engine hands the coordinator an Error whose reason is the repr of a
+    Ray task error: the traceback's newlines are written out as backslash-n and the message
+    ends in an escaped quote. Only the node's own message may reach the console."""
+    from fedmed.server.recording import _describe_failure
+
+    reason = (
+        "Error(code=2, reason='<class \\'ray.exceptions.RayTaskError(ClientAppException)\\'>:"
+        "<\\'ray::ClientAppActor.run()\\n  File \"client_app.py\", line 144, in __call__\\n"
+        "    return self._call(message, context)\\nflwr.clientapp.client_app."
+        "ClientAppException: \\nException ClientAppException occurred. Message: "
+        "string index out of range\\'>')"
+    )
+    assert _describe_failure(RuntimeError(reason)) == "string index out of range"

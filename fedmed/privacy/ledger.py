@@ -88,9 +88,14 @@ class LedgerEntry:
             raise PrivacyRefusal(f"{where}: release with impossible steps or sample rate")
         if values["noise_multiplier"] < 0 or not 0.0 < values["delta"] < 1.0:
             raise PrivacyRefusal(f"{where}: release with impossible noise multiplier or delta")
-        if values["round"] < 0 or values["clip_norm"] <= 0 or values["epsilon_after"] < 0:
-            raise PrivacyRefusal(f"{where}: release with a negative round or epsilon, or a "
-                                 "clipping norm that is not > 0")  # fmt: skip
+        if values["round"] < 0 or values["epsilon_after"] < 0:
+            raise PrivacyRefusal(f"{where}: release with a negative round or epsilon")
+        # A release without DP (σ = 0, ε unbounded) clipped nothing and is recorded with a
+        # clipping norm of 0; a release with noise must have clipped to a positive norm.
+        no_dp = values["noise_multiplier"] == 0
+        if values["clip_norm"] < 0 or (values["clip_norm"] == 0 and not no_dp):
+            raise PrivacyRefusal(f"{where}: release with noise but a clipping norm that is "
+                                 "not > 0")  # fmt: skip
         return cls(**values)
 
 
