@@ -11,10 +11,15 @@ Contract with the coordinator (``fedmed.server.app``):
   ``seed``, ``local-norm`` (keep normalisation layers at the site:
   ``fedmed.training.local_norms``), the job's DP request (``fedmed.privacy.job.DPJob`` keys: ``dp``,
   ``dp-epsilon``, ``dp-delta``, ``dp-noise-multiplier``, ``dp-clip-norm``,
-  ``dp-accountant``, ``dp-grad-sample-mode``, ``num-rounds``) and, from Flower's
-  FedProx, ``proximal_mu`` (the node MUST then add the proximal term). Before
-  training the node checks the request against its policy and ledger
-  (``fedmed.clients.private_round``). Its reply metrics are a
+  ``dp-accountant``, ``dp-grad-sample-mode``, ``num-rounds``), from Flower's
+  FedProx, ``proximal_mu`` (the node MUST then add the proximal term), and, once the
+  coordinator has witnessed a head of any site's audit log, ``witnessed-heads``: JSON
+  ``{site: {"seq": N, "hash": H}}``, the last head it witnessed per site
+  (``fedmed.privacy.reply.encode_witnessed``, ``fedmed.server.witness``). Before
+  training the node checks that its own log still holds its witnessed head (a site
+  home deleted, reset or restored from an older copy refuses every round; a missing
+  home is created only to sign that refusal), then the request against its policy and
+  ledger (``fedmed.clients.private_round``). Its reply metrics are a
   :class:`fedmed.privacy.reply.FitReply`, which the coordinator reads back:
 
   - Accepted: it returns the new weights, the number of training examples and the

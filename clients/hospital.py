@@ -22,6 +22,7 @@ from fedmed.clients.site_home import default_site_home
 from fedmed.config import FederationConfig, Scalar
 from fedmed.errors import ConfigError
 from fedmed.privacy.job import DPJob
+from fedmed.privacy.reply import witnessed_head
 from fedmed.tasks import get_task
 from fedmed.training.local_norms import LocalNorms
 from fedmed.training.loop import TrainSettings
@@ -66,14 +67,16 @@ def train_settings(fit_config: Mapping[str, Scalar]) -> TrainSettings:
     )
 
 
-def round_job(fit_config: Mapping[str, Scalar]) -> RoundJob:
-    """The coordinator's instructions for one round (run, round, training, DP request)."""
+def round_job(fit_config: Mapping[str, Scalar], site: str = "") -> RoundJob:
+    """The coordinator's instructions for one round (run, round, training, DP request, and
+    the head of ``site``'s audit log that the coordinator last witnessed)."""
     return RoundJob(
         run=str(fit_config.get("run-id", "")),
         round=int(fit_config.get("server-round", 0)),
         settings=train_settings(fit_config),
         dp=DPJob.from_fit_config(fit_config),
         local_norm=bool(fit_config.get("local-norm", False)),
+        witnessed=witnessed_head(fit_config, site),
     )
 
 
@@ -88,7 +91,7 @@ class HospitalClient(NumPyClient):
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
         try:
-            job = round_job(config)
+            job = round_job(config, self.site.name)
         except (ConfigError, KeyError, ValueError) as exc:  # malformed instructions: refuse
             reason = f"malformed round instructions: {exc}"
             outcome = refusal(self.site, [np.asarray(p) for p in parameters], reason)

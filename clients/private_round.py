@@ -2,6 +2,13 @@
 
 The order is the guarantee:
 
+0. A site home is never silently started over. When the coordinator witnessed a head
+   of this site's audit log (``job.witnessed``, from the fit config's
+   ``witnessed-heads``), the log must still hold it: same hash at that ``seq``. A home
+   that is missing (created here only to sign the refusal), empty, shorter, or holds
+   another entry at that seq was deleted, reset or restored from an older copy → refuse
+   every round, nothing trained, nothing in the ledger, until it is restored from a
+   backup that holds the witnessed head (``witness_gap``).
 1. Under the site home's lock, open the audit log (verified), the policy and the
    ledger. Any of them missing, unreadable or tampered with → refuse. The signed log
    is the source of truth: a ``policy.toml`` whose SHA-256 differs from the last one
@@ -49,7 +56,7 @@ from fedmed.privacy.guard import Decision, ReleaseRequest, check_release
 from fedmed.privacy.job import DPJob, plan_release
 from fedmed.privacy.ledger import Ledger, LedgerEntry, ledger_disagreement, signed_epsilon
 from fedmed.privacy.policy import Policy
-from fedmed.privacy.reply import FitReply
+from fedmed.privacy.reply import FitReply, WitnessedHead
 from fedmed.privacy.trainer import DPTrainer, validate_model
 from fedmed.training.local_norms import LocalNorms, norm_positions
 from fedmed.training.loop import TrainResult, TrainSettings
@@ -66,6 +73,7 @@ class RoundJob:
     settings: TrainSettings
     dp: DPJob
     local_norm: bool = False  # keep normalisation layers local (fedmed.training.local_norms)
+    witnessed: WitnessedHead | None = None  # the site's log head the coordinator last saw
 
 
 @dataclass(frozen=True)
@@ -91,13 +99,58 @@ def run_private_round(
 ) -> RoundOutcome:
     """Check, train, record — or refuse (see the module docstring)."""
     received = [np.asarray(w) for w in weights]
+    missing = not Path(home_root).exists()
     try:
         home = SiteHome.open(home_root, site.name, site.pack.name)
         with home.lock():
             audit = home.audit()
+            gap = witness_gap(audit, job.witnessed, home.root, missing)
+            if gap is not None:  # step 0: sign the refusal, report no ε (the log lost it)
+                audit.append("refusal", _refusal_payload(site, job, gap))
+                return refusal(site, received, gap)
             return _checked_round(site, home, audit, received, job)
     except (AuditError, PrivacyRefusal, OSError) as exc:  # nothing to sign with, or no home
-        return refusal(site, received, f"site home unusable: {exc}")
+        reason = f"site home unusable: {exc}"
+        if job.witnessed is not None:
+            reason += "; " + _restore_hint(job.witnessed)
+        return refusal(site, received, reason)
+
+
+def witness_gap(
+    audit: AuditLog, witnessed: WitnessedHead | None, root: Path, missing: bool = False
+) -> str | None:
+    """Why the site's log does not hold the head the coordinator witnessed (None: it does,
+    or nothing was witnessed yet). ``missing``: the home did not exist before this round."""
+    if witnessed is None:
+        return None
+    entries = audit.entries
+    last = entries[-1]["seq"] if entries else -1
+    if missing:
+        found = f"the site home {root} did not exist (created now only to sign this refusal)"
+    elif last < witnessed.seq:
+        found = f"the site's audit log in {root} ends at seq {last}"
+    else:
+        entry = next((e for e in entries if e["seq"] == witnessed.seq), None)
+        if entry is not None and entry["hash"] == witnessed.hash:
+            return None
+        found = f"the site's audit log in {root} holds another entry at seq {witnessed.seq}"
+    return (
+        f"the coordinator witnessed this site's audit log at seq {witnessed.seq} but {found}: "
+        "the site home was deleted, reset or restored from an older copy, and its privacy "
+        f"ledger with it — refusing every round until it is restored; {_restore_hint(witnessed)}"
+    )
+
+
+def _restore_hint(witnessed: WitnessedHead) -> str:
+    return (
+        "restore the whole site home (audit.jsonl with its .pub and .head, keys/, ledger.json, "
+        "policy.toml) from a backup whose audit.jsonl holds the witnessed head "
+        f"(seq {witnessed.seq}, hash {witnessed.hash})"
+    )
+
+
+def _refusal_payload(site: HospitalSite, job: RoundJob, reason: str) -> dict[str, Any]:
+    return {"run": job.run, "round": job.round, "task": site.pack.name, "reason": reason}
 
 
 @dataclass(frozen=True)
@@ -223,9 +276,7 @@ def _signed_refusal(
 ) -> RoundOutcome:
     """Refuse the round: sign why into the site's log and reply with the received weights
     and the site's ε account, unchanged by this round."""
-    audit.append(
-        "refusal", {"run": job.run, "round": job.round, "task": site.pack.name, "reason": reason}
-    )
+    audit.append("refusal", _refusal_payload(site, job, reason))
     return refusal(site, weights, reason, _spent(home, audit))
 
 

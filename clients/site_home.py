@@ -17,7 +17,10 @@ renamed) with the default policy — ε budget 10 at δ = 1e-5, σ ≥ 0.5, only
 of the job that created it, RDP accounting — an empty ledger and a new key. A home
 that exists is never repaired or reset: a missing or unreadable policy or ledger
 makes the node refuse (``PrivacyRefusal``), because recreating either would
-silently forget privacy already spent.
+silently forget privacy already spent. A home deleted whole is caught by the
+coordinator instead: it sends the head of the site's log it last witnessed, and a
+round whose home is missing creates it only to sign the refusal
+(``fedmed.clients.private_round``, step 0).
 
 Where homes live: ``site-home`` in a deployed node's config; in simulation
 ``<sites-home>/<site>`` when the run sets ``sites-home``, else

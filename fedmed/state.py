@@ -1,6 +1,7 @@
 """The one git-ignored folder where fedmed keeps runtime state.
 
-Flower's home, Ray's temporary files, site homes (``sites/<federation>/<site>``) and
+Flower's home, Ray's temporary files, site homes (``sites/<federation>/<site>``), the
+simulated coordinator's home (``coordinator/``: its key and witness records) and
 default run directories all live under it, so nothing lands in the user's home directory by
 surprise. ``FEDMED_STATE`` overrides the default ``./.fedmed``.
 """
@@ -41,6 +42,26 @@ def site_home_path(federation: str, site: str) -> Path:
     """``<state>/sites/<federation>/<site>``: a site's home by default (simulated sites,
     ``fedmed node start``, ``fedmed deid scrub``)."""
     return sites_home_path(federation) / site
+
+
+def coordinator_home_path(configured: str = "") -> Path:
+    """The coordinator home: ``configured`` (``coordinator-home``) or ``<state>/coordinator``."""
+    return Path(configured) if configured else state_dir("coordinator")
+
+
+def witness_record_path(coordinator_home: Path, federation: str, sites_home: str = "") -> Path:
+    """``<coordinator home>/witness/<federation>.json``: the last audit-log head the
+    coordinator witnessed for each site of ``federation`` (``fedmed.server.witness``).
+
+    ``sites_home`` (simulation only): simulated site homes kept elsewhere than
+    ``<state>/sites/<federation>`` are other sites, witnessed in their own record
+    ``<federation>-<12 hex of the folder's SHA-256>.json``.
+    """
+    name = federation
+    if sites_home and Path(sites_home).resolve() != sites_home_path(federation).resolve():
+        digest = hashlib.sha256(str(Path(sites_home).resolve()).encode()).hexdigest()[:12]
+        name = f"{federation}-{digest}"
+    return Path(coordinator_home) / "witness" / f"{name}.json"
 
 
 def prepare_flower_environment() -> None:

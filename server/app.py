@@ -7,7 +7,9 @@ switches, not a second server. The strategy is wrapped by
 :class:`RecordingStrategy`, which drops refusals, writes per-site metrics and
 per-round checkpoints to the run directory and signs each round into the
 coordinator's audit log (``<run dir>/audit/coordinator.jsonl``, key in the
-coordinator home: ``coordinator-home`` or ``<state>/coordinator``); the final
+coordinator home: ``coordinator-home`` or ``<state>/coordinator``) and keeps the
+federation's witness record there too (the last audit-log head of each site,
+:mod:`fedmed.server.witness`, sent back to the sites every round); the final
 model is saved as ``model.pt`` and the run's report for people as ``report.md``
 (:mod:`fedmed.server.run_report`: scores, plots, and where each site holds its
 explanations of the final model — those files never leave the sites).
@@ -53,7 +55,8 @@ from fedmed.server.resume import ResumePoint, RoundOffset, find_resume_point
 from fedmed.server.run_report import REPORT_FILE, write_markdown_report
 from fedmed.server.secagg import secagg_workflow
 from fedmed.server.strategies import build_strategy
-from fedmed.state import state_dir
+from fedmed.server.witness import WitnessRecord
+from fedmed.state import coordinator_home_path, state_dir, witness_record_path
 from fedmed.tasks import TaskPack, get_task
 from fedmed.tasks.base import fingerprint_arrays
 from fedmed.training.local_norms import norm_positions
@@ -105,8 +108,16 @@ def default_run_dir(config: FederationConfig) -> Path:
 
 def coordinator_audit(config: FederationConfig, run_dir: Path) -> AuditLog:
     """The coordinator's signed log for this run, with the coordinator home's key."""
-    home = Path(config.coordinator_home) if config.coordinator_home else state_dir("coordinator")
+    home = coordinator_home_path(config.coordinator_home)
     return AuditLog.open(run_dir / COORDINATOR_LOG, home / "keys", "coordinator")
+
+
+def witness_record(config: FederationConfig) -> WitnessRecord:
+    """The federation's witness record in the coordinator home (in simulation, one per
+    folder of simulated site homes: :func:`fedmed.state.witness_record_path`)."""
+    home = coordinator_home_path(config.coordinator_home)
+    path = witness_record_path(home, config.federation, config.sites_home)
+    return WitnessRecord.load(path, config.federation)
 
 
 def open_run(
@@ -251,6 +262,7 @@ def recording_strategy(
         secure=config.secagg,
         participation=resumed.participation() if resumed is not None else None,
         evaluate_every=config.evaluate_every,
+        witness=witness_record(config),
     )
 
 

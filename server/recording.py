@@ -28,7 +28,12 @@ audit trail, and they would average a refusal like any other reply.
   ``explanation-failure`` event and a console note, never a silent gap;
 - writes each site's fit and evaluation metrics and privacy summary
   (``privacy.<site>`` in metrics.json), the global weights (checkpoint) and a signed
-  ``round`` entry with the model's SHA-256 and the audit-log heads the sites reported.
+  ``round`` entry with the model's SHA-256 and the audit-log heads the sites reported;
+- keeps the last head each site reported in the federation's witness record
+  (:mod:`fedmed.server.witness`, written as soon as the replies arrive, before any
+  aggregation or stop: the sites have already signed their releases) and adds that
+  record to every round's fit config as ``witnessed-heads`` (``{site: {seq, hash}}``,
+  JSON), so a site whose log no longer holds its witnessed head refuses the round.
 
 It never changes what it lets through, so FedAvg stays FedAvg.
 """
@@ -60,6 +65,7 @@ from fedmed.outputs import RunDirectory
 from fedmed.privacy.reply import FitReply
 from fedmed.server import progress
 from fedmed.server.validation import check_update, screen_results
+from fedmed.server.witness import WitnessRecord
 from fedmed.tasks.base import fingerprint_arrays
 
 FitResults = list[tuple[ClientProxy, FitRes]]
@@ -131,6 +137,7 @@ class RecordingStrategy(Strategy):
         secure: bool = False,
         participation: Mapping[str, Mapping[str, int]] | None = None,
         evaluate_every: int = 1,
+        witness: WitnessRecord | None = None,
     ) -> None:
         self.inner = inner
         self.run_dir = run_dir
@@ -141,6 +148,7 @@ class RecordingStrategy(Strategy):
         self.max_update_norm = max_update_norm
         self.secure = secure
         self.evaluate_every = evaluate_every
+        self.witness = witness
         self.latest_weights: list[np.ndarray] | None = None
         self.sent_weights: list[np.ndarray] | None = None
         self.participation: dict[str, dict[str, int]] = {
@@ -160,7 +168,14 @@ class RecordingStrategy(Strategy):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         self.sent_weights = parameters_to_ndarrays(parameters)  # updates are checked against it
-        return self.inner.configure_fit(server_round, parameters, client_manager)
+        instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+        witnessed = self.witness.fit_config() if self.witness is not None else {}
+        if not witnessed:
+            return instructions
+        return [
+            (proxy, FitIns(ins.parameters, {**ins.config, **witnessed}))
+            for proxy, ins in instructions
+        ]
 
     def aggregate_fit(
         self, server_round: int, results: FitResults, failures: Failures
@@ -182,6 +197,7 @@ class RecordingStrategy(Strategy):
             for site, norm in norms.items():  # what honest sites send: how to pick the bound
                 per_site[site]["update-norm"] = norm
         self.run_dir.record_fit(server_round, per_site)
+        self._witness(server_round, replies)
         refused = {site: _reason(reply) for site, reply in replies.items() if reply.refused}
         self._record_participation(replies)
         for site, reason in sorted(refused.items()):
@@ -207,6 +223,18 @@ class RecordingStrategy(Strategy):
         if client_privacy:
             self.run_dir.record_client_privacy(client_privacy)
         return parameters, metrics
+
+    def _witness(self, server_round: int, replies: Mapping[str, FitReply]) -> None:
+        """Remember the log head of every site that trained (accepted or later rejected,
+        its release is signed either way) in the witness record."""
+        if self.witness is None:
+            return
+        heads = {
+            site: head
+            for site, reply in replies.items()
+            if not reply.refused and (head := reply.audit_head()) is not None
+        }
+        self.witness.witness(heads, str(self.run_dir.document.get("run-id", "")), server_round)
 
     def _screen(
         self, results: FitResults

@@ -17,15 +17,27 @@ format is the contract of ``fedmed.clients.app``; deployed nodes and recorded ru
 
 A key is written only when its field is set; each field's key is its name with
 dashes (``train_loss`` → ``train-loss``).
+
+The way back: the coordinator keeps the last head it witnessed for each site (its
+witness record, ``fedmed.server.witness``) and sends it with every round's fit config
+under :data:`WITNESSED_HEADS` — a JSON object ``{site: {"seq": N, "hash": H}}``
+(:func:`encode_witnessed`); the node reads its own entry (:func:`witnessed_head`) and
+refuses to train when its log does not hold that head (a deleted, reset or restored
+site home). Heads are not secret: each is a hash of a signed log entry.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from fedmed.config import Scalar
+from fedmed.errors import ConfigError
+
+# Fit-config key of the heads the coordinator witnessed (see the module docstring).
+WITNESSED_HEADS = "witnessed-heads"
 
 # Fields recorded per site as its privacy summary (metrics.json ``privacy.<site>``).
 PRIVACY_FIELDS = (
@@ -100,6 +112,46 @@ class FitReply:
         """The site's audit-log head (``key``, ``seq``, ``hash``), if the reply names all three."""
         head = {"key": self.audit_key, "seq": self.audit_seq, "hash": self.audit_hash}
         return None if any(value is None for value in head.values()) else head
+
+
+@dataclass(frozen=True)
+class WitnessedHead:
+    """The last head of a site's audit log that the coordinator witnessed."""
+
+    seq: int
+    hash: str
+
+
+def encode_witnessed(heads: Mapping[str, Mapping[str, Any]]) -> str:
+    """The fit-config value of :data:`WITNESSED_HEADS`: ``{site: {seq, hash}}`` as JSON."""
+    return json.dumps(
+        {site: {"seq": int(h["seq"]), "hash": str(h["hash"])} for site, h in sorted(heads.items())},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def witnessed_head(fit_config: Mapping[str, Any], site: str) -> WitnessedHead | None:
+    """The head the coordinator witnessed for ``site`` (None: none yet, or an older
+    coordinator); ConfigError when the value is malformed (the node then refuses)."""
+    raw = fit_config.get(WITNESSED_HEADS)
+    if raw is None or raw == "":
+        return None
+    try:
+        heads = json.loads(str(raw))
+        head = heads.get(site) if isinstance(heads, dict) else None
+        if head is None:
+            if not isinstance(heads, dict):
+                raise TypeError("not a JSON object")
+            return None
+        seq, digest = head["seq"], head["hash"]
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise TypeError(f"seq {seq!r} is not a non-negative integer")
+        if not isinstance(digest, str) or not digest:
+            raise TypeError(f"hash {digest!r} is not a string")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"{WITNESSED_HEADS}: malformed ({exc})") from None
+    return WitnessedHead(seq, digest)
 
 
 def _key(name: str) -> str:
