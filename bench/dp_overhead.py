@@ -3,6 +3,7 @@
 Usage::
 
     python bench/dp_overhead.py [--repeats 3] [--max-examples 512] [--tasks heart,ecg]
+                                [--device cuda]
 
 For each pack (``fedmed.tasks.task_names()``, so new packs are included without
 editing this file) it loads the first site, takes up to ``--max-examples`` training
@@ -10,7 +11,8 @@ examples, and times local training with :func:`fedmed.training.loop.train_round`
 pack's default batch size and learning rate: without DP, and with
 :class:`fedmed.privacy.trainer.DPTrainer` in Opacus's ``hooks`` and ``ew`` modes and
 in ``auto`` (the mode a node picks). Ratios are DP / non-DP, median over
-``--repeats`` interleaved runs (see :func:`measure`).
+``--repeats`` interleaved runs (see :func:`measure`). ``--device cuda`` measures the same on
+a GPU (the clock stops only after the GPU has finished: :func:`torch.cuda.synchronize`).
 """
 
 from __future__ import annotations
@@ -37,14 +39,16 @@ NOTES: list[str] = []
 
 
 def run_once(pack: TaskPack, data: Dataset, settings: TrainSettings,
-             make_trainer: Callable[[], DPTrainer] | None) -> tuple[float, str]:
+             make_trainer: Callable[[], DPTrainer] | None,
+             device: torch.device) -> tuple[float, str]:
     """Seconds to train a fresh model with ``settings``; the per-sample mode used (DP)."""
     torch.manual_seed(0)
     model = pack.build_model()
     trainer = make_trainer() if make_trainer else None
     start = time.perf_counter()
-    train_round(pack, model, data, settings, torch.device("cpu"),
-                wrap=trainer.wrap if trainer else None)
+    train_round(pack, model, data, settings, device, wrap=trainer.wrap if trainer else None)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: wait before stopping
     elapsed = time.perf_counter() - start
     if trainer is None:
         return elapsed, "-"
@@ -52,7 +56,7 @@ def run_once(pack: TaskPack, data: Dataset, settings: TrainSettings,
     return elapsed, trainer.mode_used
 
 
-def measure(task: str, max_examples: int, repeats: int) -> str:
+def measure(task: str, max_examples: int, repeats: int, device: torch.device) -> str:
     """One table row: plain epoch time and DP/plain ratios, measured interleaved.
 
     Runs alternate (plain, hooks, ew, auto, plain, ...) so a busy machine slows all of
@@ -65,7 +69,7 @@ def measure(task: str, max_examples: int, repeats: int) -> str:
     data = Subset(train, range(min(max_examples, len(train))))  # type: ignore[arg-type]
     one_epoch = TrainSettings(local_epochs=1, batch_size=pack.default_batch_size,
                               lr=pack.default_lr, seed=0)
-    warm, _ = run_once(pack, data, one_epoch, None)
+    warm, _ = run_once(pack, data, one_epoch, None, device)
     epochs = max(1, math.ceil(MIN_SECONDS / max(warm, 1e-6)))
     settings = dataclasses.replace(one_epoch, local_epochs=epochs)
     rate, steps = poisson_schedule(len(data), settings.batch_size)
@@ -78,7 +82,7 @@ def measure(task: str, max_examples: int, repeats: int) -> str:
     failures: dict[str, str] = {}
     for mode in MODES:
         try:
-            run_once(pack, data, settings, maker(mode))  # warm-up, and does the mode work?
+            run_once(pack, data, settings, maker(mode), device)  # warm-up; does the mode work?
             runners[mode] = maker(mode)
         except (ConfigError, RuntimeError, NotImplementedError) as exc:
             failures[mode] = "n/a"  # e.g. ew on grouped convolutions; reason in the footer
@@ -87,7 +91,7 @@ def measure(task: str, max_examples: int, repeats: int) -> str:
     used = "-"
     for _ in range(repeats):
         for name, make in runners.items():
-            seconds, mode = run_once(pack, data, settings, make)
+            seconds, mode = run_once(pack, data, settings, make, device)
             times[name].append(seconds)
             used = mode if name == "auto" else used
     cells = [f"{task:<12} {site:<12} {len(data):>6} "
@@ -109,14 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-examples", type=int, default=512)
     parser.add_argument("--tasks", help="comma-separated subset (default: every pack)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     torch.set_num_threads(1)  # one core per simulated node, as in a federation
     tasks = args.tasks.split(",") if args.tasks else task_names()
-    print(f"DP / non-DP training time, median of {args.repeats} interleaved runs, 1 CPU thread")
+    where = "1 CPU thread"
+    if device.type == "cuda":
+        where = f"{device} ({torch.cuda.get_device_name(device)}), 1 CPU thread"
+    print(f"DP / non-DP training time, median of {args.repeats} interleaved runs, {where}")
     print(f"{'task':<12} {'site':<12} {'n':>6} {'epoch ms':>9} "
           + " ".join(f"{'DP ' + m:>14}" for m in MODES))
     for task in tasks:
-        print(measure(task, args.max_examples, args.repeats), flush=True)
+        print(measure(task, args.max_examples, args.repeats, device), flush=True)
     for note in NOTES:
         print(f"  n/a {note}")
     return 0
