@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -49,9 +48,6 @@ if PROFILE not in ("short", "long"):
 FUZZ = settings.get_profile(f"fedmed-fuzz-{PROFILE}")
 """The settings every fuzz test is decorated with."""
 
-MAX_SECONDS = 20.0
-"""One parser call on a small (< 1 MB) input: anything slower is a hang (busy machines
-included: the parsers take milliseconds)."""
 MAX_TRACED_BYTES = 128 * 1024 * 1024
 """Peak Python + numpy allocation of one call: the inputs are < 1 MB, so any claim in a
 header (sample counts, image sizes, entity expansion) that is believed shows up here."""
@@ -64,14 +60,13 @@ T = TypeVar("T")
 def parse_cleanly(call: Callable[[], T], *names: str | Path) -> T | FedmedError:
     """Run ``call``; return its result or the fedmed error it raised.
 
-    Imports a reader makes on first use are timed and traced too: import them beforehand.
-    Fails the test on any other exception, on an error message
-    that is not one line or names none of ``names`` (the file, or the folder, being read),
-    on a call slower than :data:`MAX_SECONDS`, or on one that allocated more than
-    :data:`MAX_TRACED_BYTES`.
+    Imports a reader makes on first use are traced too: import them beforehand. Fails the
+    test on any other exception, on an error message that is not one line or names none of
+    ``names`` (the file, or the folder, being read), or on a call that allocated more than
+    :data:`MAX_TRACED_BYTES`. A hang is caught by pytest-timeout (``timeout`` in
+    pyproject.toml); speed is measured in bench/, never asserted here.
     """
     tracemalloc.start()  # only around the call: tracing makes everything else ~3x slower
-    started = time.monotonic()
     try:
         outcome: T | FedmedError = call()
     except FedmedError as exc:
@@ -82,10 +77,8 @@ def parse_cleanly(call: Callable[[], T], *names: str | Path) -> T | FedmedError:
         )
         outcome = exc
     finally:
-        elapsed = time.monotonic() - started
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    assert elapsed < MAX_SECONDS, f"parser took {elapsed:.1f} s"
     assert peak < MAX_TRACED_BYTES, f"parser allocated {peak / 2**20:.0f} MiB"
     return outcome
 

@@ -10,7 +10,8 @@ one test runs a note over 1,000,000 characters with the default settings.
 from __future__ import annotations
 
 import json
-import time
+
+import pytest
 
 from fedmed.cli import main
 from fedmed.data.text_admission import admitted_site_notes
@@ -86,16 +87,15 @@ def test_long_note_phi_across_window_edges_detected_and_scrubbed(tmp_path, capsy
         "The patient tolerated the procedure well")
 
 
+@pytest.mark.timeout(300)  # a hang guard, not a speed target (bench/deid_throughput.py)
 def test_note_over_spacy_max_length_is_detected(tmp_path, capsys) -> None:
     """Default settings (100,000-character windows), a 1,200,000-character note."""
     text, planted = long_note(1_200_000, DeidConfig().window_chars)
     assert len(text) > 1_000_000
     note = tmp_path / "huge.txt"
     note.write_text(text)
-    started = time.perf_counter()
     assert main(["deid", "detect", str(note), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert time.perf_counter() - started < 120
     missed = [(a, v) for a, v in planted if not covered(rows, a, v)]
     assert not missed, missed
 
