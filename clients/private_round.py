@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from fedmed.audit import AuditError, AuditLog, Head
+from fedmed.audit.entries import holds_head
 from fedmed.audit.provenance import code_version, config_hash
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
@@ -129,10 +130,9 @@ def witness_gap(
         found = f"the site home {root} did not exist (created now only to sign this refusal)"
     elif last < witnessed.seq:
         found = f"the site's audit log in {root} ends at seq {last}"
+    elif holds_head(entries, witnessed.seq, witnessed.hash):
+        return None
     else:
-        entry = next((e for e in entries if e["seq"] == witnessed.seq), None)
-        if entry is not None and entry["hash"] == witnessed.hash:
-            return None
         found = f"the site's audit log in {root} holds another entry at seq {witnessed.seq}"
     return (
         f"the coordinator witnessed this site's audit log at seq {witnessed.seq} but {found}: "

@@ -35,6 +35,7 @@ from typing import Any
 
 import fedmed
 from fedmed.audit import verify_tree
+from fedmed.audit.entries import holds_head
 from fedmed.clients.site_home import AUDIT_FILE, LOCK_FILE, SiteHome
 from fedmed.errors import FedmedError
 
@@ -238,7 +239,7 @@ def restore(
             )
         if witness is not None:
             w_seq, w_hash = witness
-            if w_seq >= len(entries) or entries[w_seq]["hash"] != w_hash:
+            if not holds_head(entries, w_seq, w_hash):
                 raise BackupIntegrityError(
                     f"{archive}: the backup is older than what the coordinator witnessed "
                     f"(seq {w_seq}, {w_hash[:12]}…; the backup ends at seq {seq}) or differs "

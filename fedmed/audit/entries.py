@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +40,10 @@ def pub_path(log_path: Path) -> Path:
 
 def head_path(log_path: Path) -> Path:
     return Path(f"{log_path}.head")
+
+
+def holds_head(entries: Sequence[Mapping[str, Any]], seq: int, digest: str) -> bool:
+    """Whether a verified log's ``entries`` still hold the head (``seq``, ``digest``) someone
+    witnessed: the same entry at that position, possibly followed by later ones. One rule
+    for the node (before training), ``fedmed site restore`` and ``fedmed audit verify``."""
+    return 0 <= seq < len(entries) and entries[seq]["hash"] == digest

@@ -40,6 +40,7 @@ from fedmed.audit.entries import (
     entry_hash,
     head_message,
     head_path,
+    holds_head,
     pub_path,
 )
 from fedmed.audit.keys import AuditError, fingerprint, load_public_key, signature_valid
@@ -213,7 +214,7 @@ def verify_tree(roots: Iterable[Path]) -> list[LogCheck]:
                 checks[index] = replace(
                     target, ok=False, line=len(target.entries) + 1, reason=reason
                 )
-            elif target.entries[seq]["hash"] != digest:
+            elif not holds_head(target.entries, seq, digest):
                 reason = f"entry {seq} differs from the one witnessed in {witness.path.name}"
                 checks[index] = replace(target, ok=False, line=seq + 1, reason=reason)
     return [_with_ledger(check) for check in checks]
