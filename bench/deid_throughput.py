@@ -5,7 +5,10 @@ Measured side by side in one run on the same ~2,000-character synthetic notes
 gate), so the ratios between them hold on any machine.
 Run: ``.venv/bin/python bench/deid_throughput.py [--json]``. Long notes (peak memory and
 characters/s of one note of each size through the gate, next to normal notes):
-``.venv/bin/python bench/deid_throughput.py --long-mb 1 5 10`` (docs/deid.md, *Long notes*).
+``.venv/bin/python bench/deid_throughput.py --long-mb 1 10 50`` (streamed as ``deid scrub``
+does; ``--in-memory`` for the gate on a note held in memory; ``--in-file jsonl|csv`` for the
+note as a record of such a file, scrubbed as ``deid scrub`` does), and what grows window by window:
+``--window-memory 2.5 [--no-malloc-trim]`` (docs/deid.md, *Long notes*).
 """
 
 import sys

@@ -11,7 +11,11 @@ in capitals, hard line wraps and line breaks inside names (these replace a space
 newline, so offsets never move), lists and tables, initials, titles outside the span
 ("Dr." is not PHI, "Smith" is), dates in many formats, ages over 89 and written-out ages.
 Training notes (only) also get 2-6 generic PHI snippets (:data:`templates.SNIPPETS`) so the
-tagger sees PHI in many contexts; dev and test notes are pure renderings of their templates.
+tagger sees PHI in many contexts, and 1-4 lines of real clinical vocabulary without PHI
+(:data:`templates.CLINICAL_SNIPPETS`: drug names in any case, ICD-10-CM diagnoses, lab
+abbreviations, numbered lists, numbers) so it learns that capitalised words are not names by
+themselves; dev and test notes are pure renderings of their templates (whose medication and
+history fillers draw on the same vocabulary).
 
 Determinism: note ``i`` of split ``s`` depends only on ``(seed, s, i)``, so
 ``generate(n, seed)`` is a prefix of ``generate(n + k, seed)``.
@@ -31,7 +35,13 @@ from fedmed.deid import dates
 from fedmed.deid.fakes import FakePHI, age_words
 from fedmed.deid.io import write_i2b2
 from fedmed.deid.phi import Document, Span
-from fedmed.deid.templates import FILLERS, SNIPPETS, Template, templates_for
+from fedmed.deid.templates import (
+    CLINICAL_SNIPPETS,
+    FILLERS,
+    SNIPPETS,
+    Template,
+    templates_for,
+)
 
 SPLITS = ("train", "dev", "test")
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
@@ -280,9 +290,13 @@ class NoteRenderer:
                         {"kind": template.kind, "template": template.name})
 
     def _insert_snippets(self, body: str) -> str:
-        """Training-only: 2-6 generic PHI snippets at random line ends or on new lines."""
+        """Training-only: 2-6 generic PHI snippets and 1-4 clinical lines without PHI
+        (:data:`templates.CLINICAL_SNIPPETS`) at random line ends or on new lines."""
         lines = body.rstrip("\n").split("\n")
-        for snippet in self.rng.sample(SNIPPETS, self.rng.randint(2, 6)):
+        snippets = self.rng.sample(SNIPPETS, self.rng.randint(2, 6))
+        snippets += self.rng.sample(CLINICAL_SNIPPETS, self.rng.randint(1, 4))
+        self.rng.shuffle(snippets)
+        for snippet in snippets:
             i = self.rng.randrange(len(lines))
             if self.rng.random() < 0.5 or lines[i].startswith("# "):
                 lines.insert(i + 1, snippet)

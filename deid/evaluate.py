@@ -13,7 +13,10 @@ comparable with anything. This module reports, for one set of gold notes:
   predicted span; the document leak rate is the share of notes with at least one leak;
 - all of the above on the i2b2 map (every subtype), and recall/leaks on the HIPAA Safe
   Harbor map (:data:`fedmed.deid.phi.HIPAA_ITEM`; ages only over 89; DOCTOR, PROFESSION,
-  STATE, COUNTRY, HOSPITAL, DEPARTMENT, ROOM, ORGANIZATION excluded).
+  STATE, COUNTRY, HOSPITAL, DEPARTMENT, ROOM, ORGANIZATION excluded);
+- where the gold folder lists its non-PHI clinical terms (the realistic set,
+  :mod:`fedmed.deid.realistic_notes`): *retention*, the share of those terms that no
+  predicted span touches, i.e. that a scrubbed note keeps intact (:func:`retention`).
 """
 
 from __future__ import annotations
@@ -162,6 +165,40 @@ def _type_summary(c: Counter[str]) -> dict[str, float | int]:
     }
 
 
+Term = tuple[int, int, str]
+"""A gold clinical term: start, end, text."""
+
+
+def retention(terms: Sequence[Sequence[Term]], preds: Sequence[Sequence[Span]],
+              examples: int = 15) -> dict[str, Any]:
+    """Share of gold clinical terms that survive scrubbing intact, per note ``terms``.
+
+    Why: precision counts wrongly flagged *tokens*; what a coder or a downstream model
+    loses is whole terms ("ATORVASTATIN", "Positive pedal pulses"). A term is retained when
+    no predicted span overlaps any of its characters (a surrogate or a redaction anywhere
+    inside it changes it). ``lost`` lists the most often lost terms (lower-cased) with the
+    subtype that hit them most, to show what the detector mistakes for PHI.
+    """
+    if len(terms) != len(preds):
+        raise ValueError("one term list per predicted span list is required")
+    total = kept = 0
+    lost: Counter[str] = Counter()
+    lost_as: dict[str, Counter[str]] = {}
+    for note_terms, pred in zip(terms, preds, strict=True):
+        for start, end, text in note_terms:
+            total += 1
+            hits = [p for p in pred if p.start < end and start < p.end]
+            if not hits:
+                kept += 1
+                continue
+            key = text.lower()
+            lost[key] += 1
+            lost_as.setdefault(key, Counter()).update(p.type for p in hits)
+    return {"terms": total, "retained": kept, "rate": kept / total if total else 1.0,
+            "lost": [{"term": t, "count": c, "as": lost_as[t].most_common(1)[0][0]}
+                     for t, c in lost.most_common(examples)]}
+
+
 def format_report(result: dict[str, Any], title: str = "") -> str:
     """A plain-text table of :func:`score` output (what ``fedmed deid eval`` prints)."""
 
@@ -187,5 +224,16 @@ def format_report(result: dict[str, Any], title: str = "") -> str:
     for t, m in result["per_type"].items():
         lines.append(f"  {t:<15}{m['gold']:>6}{m['strict_recall']:>10.3f}"
                      f"{m['overlap_recall']:>11.3f}{m['token_recall']:>9.3f}{m['leaked']:>8}")
+    if "retention" in result:
+        ret = result["retention"]
+        lines.append(f"  clinical-term retention: {ret['rate']:.4f} ({ret['retained']}/"
+                     f"{ret['terms']} terms intact)")
+        if ret["lost"]:
+            lines.append("  most often lost: " + ", ".join(
+                f"{x['term']} x{x['count']} ({x['as']})" for x in ret["lost"][:10]))
+    if "timing" in result:
+        t = result["timing"]
+        lines.append(f"  detection: {t['seconds']:.1f} s, {t['notes_per_s']:.1f} notes/s "
+                     f"(one process unless workers are set; load time excluded)")
     lines.append("  " + result["label_map"])
     return "\n".join(lines)

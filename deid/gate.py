@@ -24,33 +24,28 @@ never the original document id or patient id.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
-import os
-import re
-import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
+from fedmed.deid.batch import Batch
 from fedmed.deid.config import DeidConfig
 from fedmed.deid.dicom import PROFILE_VERSION, DicomDeidentifier, parsed_dicom
-from fedmed.deid.phi import CATEGORY_OF, Document
-from fedmed.deid.residual import RESIDUAL_VERSION, residual_findings
+from fedmed.deid.notetext import Note, NoteText, Spill, SpilledText, discard, note_groups
+from fedmed.deid.phi import Document
+from fedmed.deid.residual import RESIDUAL_VERSION, Finding, residual_findings
 from fedmed.deid.sitekey import SiteKey
+from fedmed.deid.stream import NoteShape, TextScan, scan_text_file, scrub_stream, spilled_scan
 from fedmed.deid.surrogates import Scrubber
 
-AuditCallback = Callable[[dict[str, Any]], None]
-REPORT_KIND = "fedmed.deid.batch-report"
+AuditCallback = Callable[[dict[str, Any]], object]
 _TEXT_VRS = ("PN", "LO", "SH", "LT", "ST", "UT", "AE", "CS")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
-"""Control characters other than tab, line feed, form feed and carriage return."""
+SPILL_DIR = Path("deid") / "spill"
+"""Where, in the site home, long notes read from record files wait while they are scrubbed."""
 
 
 @dataclass
@@ -60,19 +55,6 @@ class AdmissionResult:
     released: list[Any]
     quarantined: list[dict[str, Any]]
     report: dict[str, Any]
-
-
-@dataclass
-class _Batch:
-    kind: str
-    batch_id: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).strftime(
-        "%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8])
-    counts: Counter[str] = field(default_factory=Counter)
-    residual: Counter[str] = field(default_factory=Counter)
-    quarantined: list[dict[str, Any]] = field(default_factory=list)
-    released_hash: Any = field(default_factory=hashlib.sha256)
-    received: int = 0
-    released: int = 0
 
 
 class Gate:
@@ -99,92 +81,196 @@ class Gate:
     def pseudonym(self, kind: str, value: str) -> str:
         return self.key.digest(kind, value).hex()[:16]
 
+    def spill(self) -> Spill:
+        """A private folder under the site home for the long notes of one file
+        (:mod:`fedmed.deid.notetext`), removed when closed: raw notes stay in the home."""
+        return Spill(self.site_home / SPILL_DIR)
+
     # ------------------------------------------------------------ text
-    def admit_texts(self, items: Iterable[Document | str]) -> AdmissionResult:
+    def batch(self, kind: str, batch_id: str | None = None) -> Batch:
+        """A new batch record of this site (``batch_id``: see :class:`Batch`)."""
+        if batch_id is None:
+            return Batch(kind, self.key, self.site_home)
+        return Batch(kind, self.key, self.site_home, batch_id)
+
+    def admit_texts(self, items: Iterable[Document | str],
+                    batch_id: str | None = None) -> AdmissionResult:
         """De-identify notes; return the released ones (``Document`` with scrubbed text)."""
         docs = [it if isinstance(it, Document) else Document(f"item-{i}", it)
                 for i, it in enumerate(items)]
-        batch = _Batch("text", received=len(docs))
+        batch = self.batch("text", batch_id)
+        released = self.admit_documents(docs, batch)
+        return self._finish(batch, released, {"detector": self.detector.versions})
+
+    def admit_documents(self, docs: Sequence[Document], batch: Batch) -> list[Document]:
+        """:meth:`admit_texts` into a batch the caller finishes (:meth:`finish`): one
+        batch for many files (``deid scrub``)."""
         ok = []
         for doc in docs:
-            problem = self._boundary_problem(doc.text)
+            batch.receive(doc.text.encode("utf-8"))
+            problem = self.boundary_problem(NoteShape.of(doc.text))
             if problem:
-                self._quarantine(batch, doc.doc_id, problem, doc.text.encode("utf-8"), ".txt")
+                batch.quarantine(doc.doc_id, problem, doc.text.encode("utf-8"), ".txt")
             else:
                 ok.append(doc)
         released = []
         spans_per_doc = self.detector.detect_batch([d.text for d in ok]) if ok else []
         for doc, spans in zip(ok, spans_per_doc, strict=True):
-            patient = str(doc.meta.get("patient_id") or f"document:{doc.doc_id}")
+            patient = self.patient(doc)
             scrubbed = self.scrubber.scrub(doc.text, spans, patient)
             findings = residual_findings(scrubbed.text, scrubbed.replaced)
-            if findings:
-                batch.residual["failed"] += 1
-                batch.residual.update(f"found_{f.kind}" for f in findings)
-                reason = {"reason": "residual identifier-shaped strings after scrubbing",
-                          "findings": [{"kind": f.kind, "start": f.start, "end": f.end}
-                                       for f in findings]}
-                self._quarantine(batch, doc.doc_id, reason, doc.text.encode("utf-8"), ".txt")
+            if self._held_back(batch, doc.doc_id, findings, doc.text.encode("utf-8")):
                 continue
-            batch.residual["passed"] += 1
             batch.counts.update(s.type for s in spans)
             out = Document(self.pseudonym("doc", doc.doc_id), scrubbed.text,
                            list(scrubbed.replaced),
                            {"patient": self.pseudonym("patient", patient),
                             "kind": doc.meta.get("kind")})
-            batch.released_hash.update(scrubbed.text.encode("utf-8") + b"\x00")
+            batch.release(scrubbed.text.encode("utf-8"))
             released.append(out)
-        batch.released = len(released)
-        return self._finish(batch, released, {"detector": self.detector.versions})
+        return released
 
-    def _boundary_problem(self, text: str) -> dict[str, Any] | None:
-        if not text.strip():
+    def scrub_text_file(self, src: Path, dst: Path, batch: Batch) -> bool:
+        """One plain-text note file through the gate into ``dst``, streamed: memory does not
+        grow with the note (:mod:`fedmed.deid.stream`), and ``dst`` holds the bytes
+        :meth:`admit_documents` would release for ``Document(src.stem, text)``. False, with
+        nothing left at ``dst``, when the note was quarantined. DataError (nothing counted)
+        when the file is not a readable text file (the checks of ``io.read_text``)."""
+        scan = scan_text_file(src, self.config.max_bytes)
+        return self._scrub_scanned(scan, Document(src.stem, ""), dst, batch)
+
+    def admit_stream(self, notes: Iterable[Note], batch: Batch, spill: Spill
+                     ) -> Iterator[tuple[Note, NoteText | None]]:
+        """Notes read record by record (:mod:`fedmed.deid.records`) through the gate, in
+        order: each with its scrubbed text (held, or a :class:`SpilledText` file of
+        ``spill`` for a spilled note) or None when it was quarantined.
+
+        Held notes go through :meth:`admit_documents` in groups of up to the detector's
+        worker batch (:data:`POOL_START_NOTES` notes or :data:`POOL_START_CHARS`
+        characters), so a file of short notes is detected as fast as when it was read
+        whole; a spilled note is scrubbed from its file window by window
+        (:func:`fedmed.deid.stream.scrub_stream`), its raw copy deleted after. Each note's
+        output is the one :meth:`admit_documents` gives it in memory. A note with a
+        ``problem`` (a field of its record too long to read) is quarantined with it."""
+        from fedmed.deid.presidio_engine import POOL_START_CHARS, POOL_START_NOTES
+
+        for group in note_groups(notes, POOL_START_NOTES, POOL_START_CHARS):
+            note = group[0]
+            if note.problem is not None:
+                batch.receive(b"")  # counted; its content was not read
+                batch.quarantine(note.doc.doc_id, {"reason": note.problem})
+                discard(note.text)
+                yield note, None
+            elif isinstance(note.text, SpilledText):
+                out = spill.new_path()
+                ok = self._scrub_scanned(spilled_scan(note.text), note.doc, out, batch)
+                discard(note.text)
+                yield note, SpilledText(out) if ok else None
+            else:
+                released = {d.doc_id: d.text for d in
+                            self.admit_documents([n.doc for n in group], batch)}
+                for held in group:
+                    yield held, released.get(self.pseudonym("doc", held.doc.doc_id))
+
+    def _scrub_scanned(self, scan: TextScan, doc: Document, dst: Path, batch: Batch) -> bool:
+        """A checked note file (``scan``) scrubbed as ``doc`` into ``dst``, streamed (see
+        :meth:`scrub_text_file`); False, with nothing at ``dst``, when it was quarantined
+        (a copy of the file kept with the reason)."""
+        batch.receive_sha256(scan.sha256)
+        problem = self.boundary_problem(scan.shape)
+        if problem:
+            batch.quarantine(doc.doc_id, problem, scan.path, ".txt")
+            return False
+        with open(dst, "wb") as out:
+            note = scrub_stream(self.detector, self.scrubber, scan, self.patient(doc), out)
+        if self._held_back(batch, doc.doc_id, note.findings, scan.path):
+            dst.unlink()
+            return False
+        batch.counts.update(note.counts)
+        batch.release_sha256(note.released_sha256)
+        return True
+
+    @staticmethod
+    def patient(doc: Document) -> str:
+        """Whose note it is, for the surrogates: ``meta["patient_id"]``, else the note alone."""
+        return str(doc.meta.get("patient_id") or f"document:{doc.doc_id}")
+
+    @staticmethod
+    def _held_back(batch: Batch, item: str, findings: Sequence[Finding],
+                   content: bytes | Path) -> bool:
+        """Count the residual check's outcome; quarantine the note when it found anything."""
+        if not findings:
+            batch.residual["passed"] += 1
+            return False
+        batch.residual["failed"] += 1
+        batch.residual.update(f"found_{f.kind}" for f in findings)
+        reason = {"reason": "residual identifier-shaped strings after scrubbing",
+                  "findings": [{"kind": f.kind, "start": f.start, "end": f.end}
+                               for f in findings]}
+        batch.quarantine(item, reason, content, ".txt")
+        return True
+
+    def boundary_problem(self, shape: NoteShape) -> dict[str, Any] | None:
+        """Why a note of this shape is quarantined before detection, or None."""
+        if not shape.has_text:
             return {"reason": "empty note"}
-        if len(text) > self.config.max_note_chars:
-            return {"reason": f"note of {len(text)} characters is over the "
+        if shape.chars > self.config.max_note_chars:
+            return {"reason": f"note of {shape.chars} characters is over the "
                               f"{self.config.max_note_chars}-character limit "
                               "(deid.max_note_chars)"}
-        size = len(text.encode("utf-8"))
-        if size > self.config.max_bytes:
-            return {"reason": f"note of {size} bytes is over the "
+        if shape.utf8_bytes > self.config.max_bytes:
+            return {"reason": f"note of {shape.utf8_bytes} bytes is over the "
                               f"{self.config.max_bytes}-byte limit"}
-        control = sum(1 for _ in _CONTROL.finditer(text))
-        if "\x00" in text or control > max(10, len(text) // 100):
+        if shape.has_nul or shape.control > max(10, shape.chars // 100):
             return {"reason": "binary content (NUL or control characters)"}
         return None
 
     # ------------------------------------------------------------ DICOM
-    def admit_dicom(self, items: Iterable[str | Path | Dataset]) -> AdmissionResult:
+    def admit_dicom(self, items: Iterable[str | Path | Dataset],
+                    batch_id: str | None = None) -> AdmissionResult:
         """De-identify DICOM files/datasets; released: list of (pseudonymous id, Dataset)."""
-        batch = _Batch("dicom")
-        released = []
-        for i, item in enumerate(items):
-            batch.received += 1
-            name = str(item) if not isinstance(item, Dataset) else f"dataset-{i}"
-            ds = self._read_dicom(item, name, batch)
-            if ds is None:
-                continue
-            original_ids = [str(ds.get(k, "")) for k in ("PatientName", "PatientID")]
-            result = self.dicom.deidentify(ds)
-            if result.burned_in:
-                self._quarantine(batch, name, {"reason": "BurnedInAnnotation=YES: pixel PHI "
-                                               "cannot be removed by header de-id"}, None, "")
-                continue
-            leftovers = dicom_residual(ds, [v for v in original_ids if len(v) >= 3])
-            if leftovers:
-                batch.residual["failed"] += 1
-                self._quarantine(batch, name, {"reason": "identifiers left in DICOM header",
-                                               "attributes": leftovers}, None, "")
-                continue
-            batch.residual["passed"] += 1
-            batch.counts.update(result.counts)
-            batch.released_hash.update(str(ds.get("SOPInstanceUID", "")).encode() + b"\x00")
-            released.append((self.pseudonym("dicom", name), ds))
-        batch.released = len(released)
+        batch = self.batch("dicom", batch_id)
+        released = self.admit_dicom_files(items, batch)
         return self._finish(batch, released, {"dicom_profile": PROFILE_VERSION})
 
-    def _read_dicom(self, item: str | Path | Dataset, name: str, batch: _Batch) -> Dataset | None:
+    def admit_dicom_files(self, items: Iterable[str | Path | Dataset],
+                          batch: Batch) -> list[tuple[str, Dataset]]:
+        """:meth:`admit_dicom` into a batch the caller finishes (:meth:`finish`)."""
+        released = []
+        for i, item in enumerate(items):
+            name = str(item) if not isinstance(item, Dataset) else f"dataset-{i}"
+            ds = self._read_dicom(item, name, batch)
+            if ds is not None and self.admit_dicom_dataset(ds, name, batch):
+                released.append((self.pseudonym("dicom", name), ds))
+        return released
+
+    def admit_dicom_dataset(self, ds: Dataset, name: str, batch: Batch) -> bool:
+        """De-identify one parsed DICOM ``ds`` in place (PS3.15 basic profile, the patient's
+        date offset, UID remap) into ``batch``; False when it was quarantined instead
+        (burnt-in annotation, identifiers left in the header), with the reason.
+
+        For readers that parse files themselves (``fedmed.data.admission``); the caller
+        counts the raw input with :meth:`Batch.receive` and finishes with :meth:`finish`."""
+        original_ids = [str(ds.get(k, "")) for k in ("PatientName", "PatientID")]
+        result = self.dicom.deidentify(ds)
+        if result.burned_in:
+            batch.quarantine(name, {"reason": "BurnedInAnnotation=YES: pixel PHI "
+                                    "cannot be removed by header de-id"})
+            return False
+        leftovers = dicom_residual(ds, [v for v in original_ids if len(v) >= 3])
+        if leftovers:
+            batch.residual["failed"] += 1
+            batch.quarantine(name, {"reason": "identifiers left in DICOM header",
+                                    "attributes": leftovers})
+            return False
+        batch.residual["passed"] += 1
+        batch.counts.update(result.counts)
+        batch.release(str(ds.get("SOPInstanceUID", "")).encode())
+        return True
+
+    def _read_dicom(self, item: str | Path | Dataset, name: str, batch: Batch) -> Dataset | None:
         if isinstance(item, Dataset):
+            batch.receive(str(item).encode("utf-8", "replace"))
             return item
         path = Path(item)
         problem = None
@@ -192,53 +278,27 @@ class Gate:
             problem = "no such file"
         elif path.stat().st_size > self.config.max_bytes:
             problem = f"file over the {self.config.max_bytes}-byte limit"
+        batch.receive(path.read_bytes() if problem is None else name.encode())
         if problem is None:
             try:
                 return parsed_dicom(path)
             except (InvalidDicomError, OSError, ValueError, EOFError, NotImplementedError,
                     KeyError, TypeError) as e:
                 problem = f"not a readable DICOM file ({type(e).__name__})"
-        self._quarantine(batch, name, {"reason": problem}, None, "")
+        batch.quarantine(name, {"reason": problem})
         return None
 
     # ------------------------------------------------------------ shared
-    def _quarantine(self, batch: _Batch, item: str, reason: dict[str, Any],
-                    content: bytes | None, suffix: str) -> None:
-        folder = self.site_home / "quarantine"
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        stem = f"{batch.batch_id}-{len(batch.quarantined):04d}"
-        if content is not None:
-            _write_private(folder / f"{stem}{suffix}", content)
-        record = {"item": self.pseudonym("item", item), "batch": batch.batch_id, **reason}
-        _write_private(folder / f"{stem}.reason.json",
-                       (json.dumps({**record, "source": item}, indent=2) + "\n").encode())
-        batch.quarantined.append(record)
-
-    def _finish(self, batch: _Batch, released: list[Any],
+    def _finish(self, batch: Batch, released: list[Any],
                 versions: dict[str, Any]) -> AdmissionResult:
-        by_category = Counter[str]()
-        for subtype, n in batch.counts.items():
-            by_category[CATEGORY_OF.get(subtype, subtype)] += n
-        report = {
-            "kind": REPORT_KIND, "version": 1, "batch": batch.batch_id, "input": batch.kind,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "site_key_fingerprint": self.key.fingerprint, "mode": self.config.mode,
-            **versions,
-            "items": {"received": batch.received, "released": batch.released,
-                      "quarantined": len(batch.quarantined)},
-            "phi_counts": dict(sorted(batch.counts.items())),
-            "phi_counts_by_category": dict(sorted(by_category.items())),
-            "residual_check": {"version": RESIDUAL_VERSION, **dict(batch.residual)},
-            "quarantine": [{k: v for k, v in q.items() if k in ("item", "reason")}
-                           for q in batch.quarantined],
-            "released_sha256": batch.released_hash.hexdigest(),
-        }
-        folder = self.site_home / "deid" / "reports"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{batch.batch_id}.json").write_text(json.dumps(report, indent=2) + "\n")
+        return AdmissionResult(released, batch.quarantined, self.finish(batch, versions))
+
+    def finish(self, batch: Batch, versions: dict[str, Any]) -> dict[str, Any]:
+        """The batch report (:meth:`Batch.report`), handed to ``audit`` when the gate has one."""
+        report = batch.report(self.config.mode, versions, RESIDUAL_VERSION)
         if self.audit is not None:
             self.audit(report)
-        return AdmissionResult(released, batch.quarantined, report)
+        return report
 
 
 def dicom_residual(ds: Dataset, originals: Sequence[str]) -> list[str]:
@@ -252,12 +312,6 @@ def dicom_residual(ds: Dataset, originals: Sequence[str]) -> list[str]:
                 residual_findings(value):
             hits.append(elem.keyword or str(elem.tag))
     return hits
-
-
-def _write_private(path: Path, content: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content)
 
 
 def admit_texts(texts: Iterable[Document | str], site_home: str | Path,

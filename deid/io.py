@@ -20,6 +20,7 @@ from xml.sax.saxutils import quoteattr
 import pandas as pd
 
 from fedmed.deid.phi import CATEGORY_OF, Document, Span
+from fedmed.deid.records import csv_records, jsonl_notes
 from fedmed.errors import DataError
 
 DEFAULT_MAX_BYTES = int(os.environ.get("FEDMED_DEID_MAX_BYTES", 64 * 1024 * 1024))
@@ -28,8 +29,8 @@ DEFAULT_MAX_BYTES = int(os.environ.get("FEDMED_DEID_MAX_BYTES", 64 * 1024 * 1024
 _XML_ILLEGAL = {c for c in range(0x20) if c not in (0x9, 0xA, 0xD)}
 
 
-def read_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """The file's bytes after existence, size and emptiness checks."""
+def checked_size(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    """The file's size in bytes; DataError if it is missing, empty or over ``max_bytes``."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
@@ -38,25 +39,42 @@ def read_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
         raise DataError(f"{p}: {size} bytes is over the {max_bytes}-byte input limit")
     if size == 0:
         raise DataError(f"{p}: file is empty")
-    return p.read_bytes()
+    return size
 
 
-def refuse_binary(path: str | Path, raw: bytes) -> None:
-    """DataError if ``raw`` holds a NUL byte: a binary file (or UTF-16/32 text), which
-    would otherwise decode as "text" and yield bogus PHI spans."""
+def read_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The file's bytes after existence, size and emptiness checks."""
+    checked_size(path, max_bytes)
+    return Path(path).read_bytes()
+
+
+def refuse_binary(path: str | Path, raw: bytes, offset: int = 0) -> None:
+    """DataError if ``raw`` (the file's bytes from ``offset`` on) holds a NUL byte: a
+    binary file (or UTF-16/32 text), which would otherwise decode as "text" and yield
+    bogus PHI spans."""
     at = raw.find(b"\x00")
     if at >= 0:
-        raise DataError(f"{path}: binary file (NUL byte at offset {at}), expected UTF-8 text")
+        raise DataError(f"{path}: binary file (NUL byte at offset {offset + at}), "
+                        "expected UTF-8 text")
+
+
+def not_utf8(path: str | Path, error: UnicodeDecodeError, offset: int = 0) -> DataError:
+    """The error for a file that is not UTF-8; ``offset``: where the bytes that ``error``
+    counts from start, after a byte-order mark."""
+    return DataError(f"{path}: not UTF-8 text (byte {offset + error.start}: {error.reason})")
 
 
 def read_text(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
-    """A UTF-8 text file (BOM dropped); DataError if empty, too big, binary or not UTF-8."""
+    """A UTF-8 text file (BOM dropped); DataError if empty, too big, binary or not UTF-8.
+
+    Reads the whole file; :func:`fedmed.deid.stream.scan_text_file` makes the same checks
+    reading it in chunks, for ``deid scrub``'s plain-text notes of any length."""
     raw = read_bytes(path, max_bytes)
     refuse_binary(path, raw)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from e
+        raise not_utf8(path, e) from e
     if not text.strip():
         raise DataError(f"{path}: file has no text")
     return text
@@ -157,21 +175,10 @@ def read_i2b2_dir(folder: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> lis
 
 def read_csv(path: str | Path, column: str,
              max_bytes: int = DEFAULT_MAX_BYTES) -> pd.DataFrame:
-    """A CSV whose ``column`` holds note text (other columns are carried along)."""
-    raw = read_bytes(path, max_bytes)
-    refuse_binary(path, raw)
-    try:
-        raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from e
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        # pandas' tokenizer messages end in a newline: keep the error one line
-        raise DataError(f"{path}: malformed CSV ({' '.join(str(e).split())})") from e
-    if column not in frame.columns:
-        raise DataError(f"{path}: no column {column!r} (columns: {list(frame.columns)})")
-    return frame
+    """A CSV whose ``column`` holds note text (other columns are carried along), all in
+    memory; parsed as ``deid scrub`` streams it (:func:`fedmed.deid.records.csv_records`)."""
+    table = csv_records([read_text(path, max_bytes)], str(path), column)
+    return pd.DataFrame([r.fields for r in table.records], columns=table.header, dtype=str)
 
 
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
@@ -180,23 +187,9 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
 
 def read_jsonl(path: str | Path, text_key: str = "text",
                max_bytes: int = DEFAULT_MAX_BYTES) -> list[dict[str, Any]]:
-    """JSON Lines, one object per line with a string ``text_key``; blank lines skipped."""
-    records = []
-    for n, line in enumerate(read_text(path, max_bytes).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n} is not JSON ({e.msg})") from e
-        except RecursionError as e:  # arrays or objects nested deeper than ~1000 levels
-            raise DataError(f"{path}: line {n} is nested too deeply to be a note") from e
-        if not isinstance(rec, dict) or not isinstance(rec.get(text_key), str):
-            raise DataError(f"{path}: line {n} has no string field {text_key!r}")
-        records.append(rec)
-    if not records:
-        raise DataError(f"{path}: no records")
-    return records
+    """JSON Lines, one object per line with a string ``text_key``; blank lines skipped. All in
+    memory; parsed as ``deid scrub`` streams it (:func:`fedmed.deid.records.jsonl_notes`)."""
+    return [r.fields for r in jsonl_notes([read_text(path, max_bytes)], str(path), text_key)]
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
@@ -216,17 +209,9 @@ def read_notes(path: str | Path, column: str = "text",
     suffix = p.suffix.lower()
     if suffix == ".xml":
         return [read_i2b2(p, max_bytes)]
-    if suffix == ".csv":
-        frame = read_csv(p, column, max_bytes)
-        rows = frame.to_dict("records")
-    elif suffix == ".jsonl":
-        rows = read_jsonl(p, column, max_bytes)
-    else:
+    if suffix not in (".csv", ".jsonl"):
         return [Document(p.stem, read_text(p, max_bytes), meta={"source": str(p)})]
-    return [
-        Document(f"{p.stem}-{i}", str(row[column]),
-                 meta={"source": str(p), "row": i,
-                       **({"patient_id": str(row["patient_id"])} if row.get("patient_id")
-                          else {})})
-        for i, row in enumerate(rows)
-    ]
+    text = [read_text(p, max_bytes)]
+    records = (csv_records(text, str(p), column).records if suffix == ".csv"
+               else jsonl_notes(text, str(p), column))
+    return [record.note(p).doc for record in records]

@@ -136,12 +136,25 @@ def merge_overlapping(spans: list[Span]) -> list[Span]:
     covers a character it stays covered.
     """
     out: list[Span] = []
-    for s in sorted(spans, key=lambda x: (x.start, -x.end)):
-        if out and s.start < out[-1].end:
-            last = out[-1]
-            best = last if last.score >= s.score else s
-            out[-1] = Span(last.start, max(last.end, s.end), best.type,
-                           max(last.score, s.score))
-        else:
-            out.append(s)
+    for s in sorted(spans, key=merge_order):
+        merge_next(out, s)
     return out
+
+
+def merge_order(span: Span) -> tuple[int, int]:
+    """The order :func:`merge_overlapping` takes spans in: by start, the longest first."""
+    return span.start, -span.end
+
+
+def merge_next(merged: list[Span], span: Span) -> None:
+    """One step of :func:`merge_overlapping`: add ``span`` (no earlier in
+    :func:`merge_order` than any span already merged) to ``merged``, joining the last one
+    when they overlap. Streaming detection (:mod:`fedmed.deid.stream`) merges window by
+    window with it, so a long note's spans are those of the whole note at once."""
+    if merged and span.start < merged[-1].end:
+        last = merged[-1]
+        best = last if last.score >= span.score else span
+        merged[-1] = Span(last.start, max(last.end, span.end), best.type,
+                          max(last.score, span.score))
+    else:
+        merged.append(span)

@@ -27,10 +27,11 @@ os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # before presid
 
 import bisect  # noqa: E402
 import copy  # noqa: E402
+import ctypes  # noqa: E402
 import importlib.metadata  # noqa: E402
 import re  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from functools import lru_cache  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -68,6 +69,7 @@ from presidio_analyzer.predefined_recognizers import (  # noqa: E402
 from spacy.attrs import IDX, LENGTH  # noqa: E402
 
 from fedmed.deid.config import DeidConfig  # noqa: E402
+from fedmed.deid.guards import GUARDS_VERSION, guard  # noqa: E402
 from fedmed.deid.phi import Span, merge_overlapping  # noqa: E402
 from fedmed.deid.recognizers import (  # noqa: E402
     PRESIDIO_TO_SUBTYPE,
@@ -298,6 +300,32 @@ def owned_ranges(cuts: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None with another C library)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim() if os.environ.get("FEDMED_DEID_MALLOC_TRIM") != "0" else None
+"""``FEDMED_DEID_MALLOC_TRIM=0`` turns :func:`release_freed_memory` off, to measure what it
+saves (``bench/deid_throughput.py --window-memory MB --no-malloc-trim``)."""
+
+
+def release_freed_memory() -> None:
+    """Give the memory freed by detecting a window back to the system.
+
+    Why: with glibc, the blocks freed after each window (the tagger's tensors, spaCy's
+    docs, Presidio's results) stay in malloc's fragmented free space, so the resident memory
+    of a long note crept up with its length while the Python heap stayed at ~10 MB
+    (``bench/deid_throughput.py --window-memory 2.5 --no-malloc-trim``); with
+    ``malloc_trim(0)`` after each window it stays flat (docs/deid.md *Long notes*). It
+    takes milliseconds, next to seconds for a window. A no-op without glibc."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def detection_workers(config: DeidConfig) -> int:
     """How many processes detect a large batch under ``config`` (``deid.workers``)."""
     if config.workers:
@@ -362,7 +390,8 @@ class Detector:
             "engine": self.config.engine,
             "tagger": None if self.tagger is None else
             {"name": self.tagger.name, "version": self.tagger.version,
-             "threshold": self.tagger.threshold, "decoder": DECODER_VERSION},
+             "threshold": self.tagger.threshold, "decoder": DECODER_VERSION,
+             "guards": GUARDS_VERSION if self.config.guards else None},
             "rules": RULES_VERSION, "presidio": PRESIDIO_VERSION,
             "pattern_threshold": self.config.pattern_threshold,
             "site_patterns": [p.name for p in self.config.site_patterns],
@@ -402,18 +431,28 @@ class Detector:
 
     def _detect_long(self, text: str) -> list[Span]:
         """Spans of a note longer than one window (see the class docstring)."""
+        found = self.detect_windows(len(text), lambda a, b: text[a:b])
+        return merge_overlapping([s for _, spans in found for s in spans])
+
+    def detect_windows(self, n: int, window_text: Callable[[int, int], str]
+                       ) -> Iterator[tuple[int, list[Span]]]:
+        """The windows of a note of ``n`` characters, in order: for each, the end of the
+        characters it owns and the spans that start there (note offsets; see the class
+        docstring). ``window_text(a, b)`` returns ``text[a:b]``, asked for with ``a`` never
+        decreasing, so the note can be read forward once (:mod:`fedmed.deid.stream`).
+        Merging the spans of all windows (:func:`merge_overlapping`) gives the note's spans.
+        """
         size = self.config.window_chars
-        cuts = windows(len(text), size, window_overlap(size))
+        cuts = windows(n, size, window_overlap(size))
         owned = owned_ranges(cuts)
-        if self.workers > 1 and len(text) >= POOL_START_CHARS:
+        if self.workers > 1 and n >= POOL_START_CHARS:
             self.start_workers()
-        spans: list[Span] = []
         first = 0
         while first < len(cuts):
             # one window per process at a time, two per worker: bounded memory
             group = 2 * self._pool.size if self._pool is not None else 1
             part = range(first, min(first + group, len(cuts)))
-            pieces = [text[cuts[w][0]:cuts[w][1]] for w in part]
+            pieces = [window_text(*cuts[w]) for w in part]
             found = self._detect_here(pieces) if self._pool is None else None
             if found is None:
                 try:
@@ -421,12 +460,12 @@ class Detector:
                 except WorkerError as e:
                     self._give_up_workers(e)
                     found = self._detect_here(pieces)
+            release_freed_memory()
             for w, piece_spans in zip(part, found, strict=True):
                 offset, (lo, hi) = cuts[w][0], owned[w]
-                spans.extend(Span(s.start + offset, s.end + offset, s.type, s.score)
-                             for s in piece_spans if lo <= s.start + offset < hi)
+                yield hi, [Span(s.start + offset, s.end + offset, s.type, s.score)
+                           for s in piece_spans if lo <= s.start + offset < hi]
             first = part.stop
-        return merge_overlapping(spans)
 
     def start_workers(self) -> int:
         """Start the worker processes now (else the first very large batch does).
@@ -459,7 +498,8 @@ class Detector:
     def _detect_one(self, text: str) -> list[Span]:
         if not text.strip():
             return []
-        spans = []
+        spans: list[Span] = []
+        tagged: list[Span] = []
         artifacts = None if self._needs_nlp else NoNlpArtifacts()
         for r in self.analyzer.analyze(text, language="en", nlp_artifacts=artifacts):
             from_tagger = r.recognition_metadata and r.recognition_metadata.get(
@@ -467,11 +507,14 @@ class Detector:
             if not from_tagger and r.score < self.config.pattern_threshold:
                 continue
             subtype = PRESIDIO_TO_SUBTYPE.get(r.entity_type, r.entity_type)
-            span: Span | None = Span(r.start, r.end, subtype, float(r.score))
-            if not from_tagger:  # tagger spans already sit on token boundaries
-                span = _trim(text, span)
+            found = Span(r.start, r.end, subtype, float(r.score))
+            if from_tagger:  # tagger spans already sit on token boundaries
+                tagged.append(found)
+                continue
+            span = _trim(text, found)
             if span is not None:
                 spans.append(span)
+        spans += guard(text, tagged) if self.config.guards else tagged
         return [_extend_initials(text, s) for s in merge_overlapping(spans)]
 
 

@@ -64,3 +64,48 @@ def _reach(protected: Sequence[Span]) -> tuple[list[int], list[int]]:
         farthest = max(farthest, p.end)
         reach.append(farthest)
     return [p.start for p in ordered], reach
+
+
+RESIDUAL_CARRY_CHARS = 1_000
+"""Characters :class:`ResidualStream` keeps before and after a finding: far more than the
+longest shape it looks for (an MRN keyword with its value, a phone number, an e-mail)."""
+
+
+class ResidualStream:
+    """:func:`residual_findings` over a text handed over piece by piece (a streamed note's
+    scrubbed output, :mod:`fedmed.deid.stream`), holding only the last characters.
+
+    Each scan covers the new piece and the :data:`RESIDUAL_CARRY_CHARS` characters carried
+    before it; a finding is taken from the scan in which it starts at least that far from
+    the end of what has been seen (or from the last scan), so every match is made with that
+    much text on both sides, as over the whole text: the same findings, in the same order.
+    """
+
+    def __init__(self, carry: int = RESIDUAL_CARRY_CHARS) -> None:
+        self.carry = carry
+        self.findings: list[Finding] = []
+        self._text = ""  # the text from self._start on
+        self._start = 0
+        self._settled = 0  # findings starting before this offset are taken
+        self._protected: list[Span] = []  # surrogates reaching into self._text
+
+    def feed(self, piece: str, protected: Sequence[Span] = (), final: bool = False) -> None:
+        """Add the next ``piece`` and its surrogate spans (offsets in the whole text)."""
+        text = self._text + piece
+        spans = self._protected + list(protected)
+        at = self._start
+        end = at + len(text)
+        limit = end if final else end - self.carry
+        local = [Span(p.start - at, p.end - at, p.type) for p in spans]
+        self.findings.extend(Finding(f.kind, f.start + at, f.end + at)
+                             for f in residual_findings(text, local)
+                             if self._settled <= f.start + at < limit)
+        self._settled = max(self._settled, limit)
+        keep = max(at, self._settled - self.carry)
+        self._text, self._start = text[keep - at:], keep
+        self._protected = [p for p in spans if p.end > keep]
+
+    def close(self) -> list[Finding]:
+        """Every finding of the whole text (:func:`residual_findings`'s order)."""
+        self.feed("", final=True)
+        return self.findings

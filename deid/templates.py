@@ -600,10 +600,97 @@ def _listing(items: list[str], rng: random.Random) -> str:
     return "\n".join(f"{style}{m}" for m in items)
 
 
+# Real clinical vocabulary (issue 15): drug names in any case, ICD-10-CM diagnoses, lab and
+# clinical abbreviations, numbers and numbered lists, so that capitalised words, short
+# abbreviations and bare numbers are common *non-PHI* in training notes. The words come
+# from PyPI packages through fedmed.deid.clinical_lexicon (loaded once per process).
+
+DOSES = ("5 mg", "10 mg", "20mg", "25 mg", "40 mg", "50 mg", "81 mg", "100 mg", "250 mg",
+         "500 mg", "750mg", "1 g", "0.5 mg", "2.5 mg", "12.5 mg", "88 mcg", "10 units", "1 tab",
+         "2 tabs", "1 puff", "20 mEq", "5/325")
+ROUTES = ("PO", "po", "IV", "SC", "SL", "IM", "inh", "", "")
+FREQUENCIES = ("daily", "qd", "QD", "BID", "bid", "TID", "tid", "q6h", "q4-6h prn", "QHS",
+               "qhs", "qAM", "PRN", "prn pain", "weekly", "x1", "x 5 days", "")
+CASES = ("as-is", "as-is", "lower")
+"""How drug names and diagnoses are cased in training notes: never in capitals. With
+capitalised drug names a retrained tagger missed all-caps patient names (5 on the synthetic
+test split; docs/deid.md); the precision guards veto capitalised drug names instead."""
+
+
+def _cased(text: str, rng: random.Random) -> str:
+    style = rng.choice(CASES)
+    return text.upper() if style == "upper" else text.lower() if style == "lower" else text
+
+
+def _drug_line(rng: random.Random) -> str:
+    from fedmed.deid.clinical_lexicon import drug_names
+
+    parts = [_cased(rng.choice(drug_names()), rng), rng.choice(DOSES), rng.choice(ROUTES),
+             rng.choice(FREQUENCIES)]
+    return " ".join(p for p in parts if p)
+
+
+def _diagnosis(rng: random.Random) -> str:
+    from fedmed.deid.clinical_lexicon import CLINICAL_ABBREVIATIONS, diagnoses
+
+    if rng.random() < 0.2:
+        return rng.choice(CLINICAL_ABBREVIATIONS)
+    return _cased(rng.choice(diagnoses()), rng)
+
+
+def _lab_line(rng: random.Random) -> str:
+    from fedmed.deid.clinical_lexicon import LAB_ABBREVIATIONS
+
+    labs = rng.sample(LAB_ABBREVIATIONS, rng.randint(3, 8))
+    values = [str(rng.randint(1, 999)) if rng.random() < 0.5 else f"{rng.uniform(0, 20):.1f}"
+              for _ in labs]
+    sep = rng.choice((", ", "  ", " / ", "; "))
+    return sep.join(f"{lab}{rng.choice((' ', ': ', ' '))}{v}" for lab, v in zip(labs, values,
+                                                                                strict=True))
+
+
+def _exam_words(rng: random.Random) -> str:
+    from fedmed.deid.clinical_lexicon import CLINICAL_ABBREVIATIONS, EXAM_WORDS
+
+    out = []
+    for _ in range(rng.randint(2, 4)):
+        words = rng.sample(EXAM_WORDS, rng.randint(1, 3))
+        if rng.random() < 0.3:
+            words.append(rng.choice(CLINICAL_ABBREVIATIONS))
+        phrase = " ".join(words)
+        out.append(phrase[:1].upper() + phrase[1:] + rng.choice((".", ",", ";", "")))
+    return " ".join(out)
+
+
+def _numbered(items: list[str], rng: random.Random) -> str:
+    style = rng.choice(("{i}. ", "{i}) ", "#{i} ", "{i}.  "))
+    return "\n".join(style.format(i=i) + item for i, item in enumerate(items, start=1))
+
+
+def _meds(rng: random.Random) -> str:
+    items = [rng.choice(MEDS) if rng.random() < 0.4 else _drug_line(rng)
+             for _ in range(rng.randint(2, 7))]
+    if rng.random() < 0.2:
+        return " / ".join(items)
+    return _listing(items, rng)
+
+
+def _hpi(rng: random.Random) -> str:
+    picks = [rng.choice(CONDITIONS) if rng.random() < 0.5 else _diagnosis(rng)
+             for _ in range(rng.randint(1, 3))]
+    return rng.choice((" and ", ", ", "/", "; ")).join(picks)
+
+
 FILLERS = {
-    "_HPI": lambda rng: " and ".join(rng.sample(CONDITIONS, rng.randint(1, 2))),
+    "_HPI": _hpi,
     "_HPI_SHORT": lambda rng: " ".join(rng.sample(EVENTS, rng.randint(1, 3))),
-    "_MEDS": lambda rng: _listing(rng.sample(MEDS, rng.randint(2, 6)), rng),
+    "_MEDS": _meds,
+    "_PROBLEMS": lambda rng: _numbered([_diagnosis(rng) for _ in range(rng.randint(2, 6))], rng),
+    "_LABLINE": _lab_line,
+    "_EXAMWORDS": _exam_words,
+    "_NUMBERS": lambda rng: " ".join(str(rng.choice((rng.randint(1, 12), rng.randint(40, 200),
+                                                       rng.randint(100, 999))))
+                                     for _ in range(rng.randint(1, 4))),
     "_LABS": _labs,
     "_VITALS": _vitals,
     "_EXAM": lambda rng: " ".join(rng.sample(EXAM, rng.randint(3, 6))),
@@ -653,3 +740,14 @@ SNIPPETS: tuple[str, ...] = (
     "Sample {BIOID}", "Biometric ID {BIOID}", "Specimen {IDNUM}", "Order #{IDNUM}",
     "Ref {IDNUM}", "Study number {IDNUM}",
 )
+
+CLINICAL_SNIPPETS: tuple[str, ...] = (
+    "Problem list:\n{_PROBLEMS}", "PROBLEMS:\n{_PROBLEMS}", "Dx: {_HPI}", "Hx of {_HPI}.",
+    "Medications:\n{_MEDS}", "Meds: {_MEDS}", "Home meds:\n{_MEDS}", "Labs: {_LABLINE}",
+    "{_LABLINE}", "Results: {_LABLINE}", "{_EXAMWORDS}", "Exam: {_EXAMWORDS}",
+    "Allergies: ((NKDA||NKA||none known||PCN))", "Vitals: {_VITALS}", "{_VITALS}",
+    "Values {_NUMBERS}", "Plan:\n{_PLAN}", "Started {_MEDS}.", "Continue {_MEDS}.",
+)
+"""Training-only non-PHI lines of real clinical vocabulary (issue 15), inserted like
+:data:`SNIPPETS` so capitalised drug names, diagnoses, abbreviations and numbers appear in
+many places of training notes without being PHI."""

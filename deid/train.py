@@ -81,6 +81,26 @@ def word_dropout(batch: dict[str, torch.Tensor], p: float) -> None:
     batch["words"] = batch["words"].masked_fill(drop, 1)
 
 
+def fit_epoch(model: BiLstmCrf, opt: torch.optim.Optimizer, examples: list[dict[str, Any]],
+              batch_size: int, rng: random.Random) -> float:
+    """One shuffled pass over ``examples`` (word dropout, clipped gradients); mean loss.
+    Leaves the model in eval mode, ready to be scored."""
+    model.train()
+    rng.shuffle(examples)
+    total = 0.0
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i:i + batch_size])
+        word_dropout(batch, 0.25)
+        loss = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        total += loss.item() * len(batch["words"])
+    model.eval()
+    return total / max(len(examples), 1)
+
+
 def train_bilstm_crf(train_docs: Sequence[Document], dev_docs: Sequence[Document],
                      out: str | Path, epochs: int = 8, seed: int = 0, batch_size: int = 32,
                      lr: float = 3e-3, max_minutes: float | None = None,
@@ -105,24 +125,12 @@ def _train_bilstm_crf(train_docs: Sequence[Document], dev_docs: Sequence[Documen
     best = BestEpoch()
     history = []
     for epoch in range(1, epochs + 1):
-        model.train()
-        rng.shuffle(examples)
-        total = 0.0
-        for i in range(0, len(examples), batch_size):
-            batch = collate(examples[i:i + batch_size])
-            word_dropout(batch, 0.25)
-            loss = model.loss(batch)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            total += loss.item() * len(batch["words"])
-        model.eval()
+        loss = fit_epoch(model, opt, examples, batch_size, rng)
         dev = dev_score(tagger, dev_docs)
         f2 = dev["token"]["binary"]["f2"]
-        history.append({"epoch": epoch, "loss": total / len(examples), "dev_f2": f2,
+        history.append({"epoch": epoch, "loss": loss, "dev_f2": f2,
                         "dev_recall": dev["token"]["binary"]["recall"]})
-        log(f"epoch {epoch}: loss {total / len(examples):.3f} dev binary F2 {f2:.4f} "
+        log(f"epoch {epoch}: loss {loss:.3f} dev binary F2 {f2:.4f} "
             f"R {dev['token']['binary']['recall']:.4f} P {dev['token']['binary']['precision']:.4f}")
         best.offer(f2, epoch, model)
         if out_of_time(started, max_minutes):

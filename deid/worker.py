@@ -12,7 +12,7 @@ import pickle
 import sys
 from typing import IO, Any
 
-from fedmed.deid.presidio_engine import Detector
+from fedmed.deid.presidio_engine import Detector, release_freed_memory
 from fedmed.deid.workers import READY, WorkerError, send
 
 
@@ -37,6 +37,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             result: Any = detector.detect_batch(texts)
         except Exception as e:  # noqa: BLE001 -- the parent re-raises it
             result = WorkerError(f"de-id worker failed on a batch: {e!r}")
+        release_freed_memory()  # windows of a long note come a few at a time
         send(replies, result)
 
 

@@ -22,12 +22,16 @@ uses it to write the built-in synthetic sites at any size.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedmed.data.text_admission import write_private
+from fedmed.deid.notetext import Note, Spill, SpilledText
 from fedmed.deid.phi import Document
+from fedmed.deid.records import JsonLineError, jsonl_records
+from fedmed.deid.stream import scan_text_file, text_chunks
 from fedmed.errors import DataError
 
 NOTES_FILE = "notes.jsonl"
@@ -36,41 +40,49 @@ SPLITS = ("train", "test")
 
 def read_site_notes(path: Path, codes: Sequence[str]) -> list[Document]:
     """Every note of one site's ``notes.jsonl`` as raw :class:`Document` s, checked line by line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found (each site folder needs a {NOTES_FILE})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    return [note.doc for note in site_notes(path, codes)]
+
+
+def site_notes(path: Path, codes: Sequence[str], hold: int | None = None,
+               spill: Spill | None = None) -> Iterator[Note]:
+    """The notes of one site's ``notes.jsonl`` one at a time, checked line by line (the errors
+    name the file and line); at the end, that both splits are there.
+
+    What the node's admission reads (:func:`fedmed.data.text_admission.admitted_notes`): a
+    note longer than ``hold`` characters is not held but spilled, as it is decoded, into
+    ``spill`` (:mod:`fedmed.deid.records`), so a site's file is read in memory that does not
+    grow with its notes' length or number. ``hold`` None holds every note."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found (each site folder needs a {NOTES_FILE})")
+    scan = scan_text_file(path, max_bytes=sys.maxsize)  # a site's file: no size limit
     known = set(codes)
-    notes: list[Document] = []
     seen: set[str] = set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        note = _parse(line, where, known)
-        if note.doc_id in seen:
-            raise DataError(f"{where}: note id {note.doc_id!r} occurs twice")
-        seen.add(note.doc_id)
-        notes.append(note)
-    for split in SPLITS:
-        if not any(n.meta["split"] == split for n in notes):
-            raise DataError(f"{path}: no {split} notes (a site needs both splits)")
-    return notes
-
-
-def _parse(line: str, where: str, known: set[str]) -> Document:
+    splits: set[str] = set()
     try:
-        record = json.loads(line)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than ~1000
-        raise DataError(f"{where}: not a JSON object ({exc.args[0]})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: not a JSON object")
+        for record in jsonl_records(text_chunks(scan), str(path), "text", hold, spill):
+            where = f"{path}:{record.line}"
+            if record.problem is not None:
+                raise DataError(f"{where}: {record.problem}")
+            note = _note(record.fields, where, known)
+            if note.doc.doc_id in seen:
+                raise DataError(f"{where}: note id {note.doc.doc_id!r} occurs twice")
+            seen.add(note.doc.doc_id)
+            splits.add(note.doc.meta["split"])
+            yield note
+    except JsonLineError as e:
+        reason = f" ({e.reason})" if e.reason else ""
+        raise DataError(f"{path}:{e.line}: not a JSON object{reason}") from None
+    for split in SPLITS:
+        if split not in splits:
+            raise DataError(f"{path}: no {split} notes (a site needs both splits)")
+
+
+def _note(record: dict[str, Any], where: str, known: set[str]) -> Note:
     note_id, text, codes = record.get("id"), record.get("text"), record.get("codes")
     if not isinstance(note_id, str) or not note_id:
         raise DataError(f"{where}: 'id' must be a non-empty string")
-    if not isinstance(text, str) or not text.strip():
+    if not (isinstance(text, str) and text.strip() or
+            isinstance(text, SpilledText) and text.shape is not None and text.shape.has_text):
         raise DataError(f"{where}: note {note_id!r} has no 'text'")
     if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
         raise DataError(f"{where}: note {note_id!r}: 'codes' must be a list of strings")
@@ -90,7 +102,7 @@ def _parse(line: str, where: str, known: set[str]) -> Document:
     if not isinstance(identifiers, list) or not all(isinstance(v, str) for v in identifiers):
         raise DataError(f"{where}: note {note_id!r}: 'identifiers' must be a list of strings")
     meta["identifiers"] = identifiers
-    return Document(note_id, text, meta=meta)
+    return Note(Document(note_id, text if isinstance(text, str) else "", meta=meta), text)
 
 
 def write_site_notes(path: Path, notes: Sequence[Document]) -> None:
