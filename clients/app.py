@@ -4,7 +4,10 @@ Contract with the coordinator (``fedmed.server.app``):
 
 - Identity. In simulation the node is the ``partition-id``-th site of the
   federation's ``sites``; in deployment its node config names it (``site``,
-  ``data-dir``, ``site-home``). Its site home (policy, ledger, audit log, key) is
+  ``data-dir``, ``site-home``), and the coordinator, which names nodes by their
+  registered key (``fedmed.server.identities``), sends ``registered-site`` and
+  ``registered-audit-key`` with every fit: a node that is not that site, or whose site
+  home signs with another key, refuses. Its site home (policy, ledger, audit log, key) is
   ``site-home`` or, in simulation, ``fedmed.clients.site_home.default_site_home``.
 - ``fit`` receives the global weights and a config with ``run-id``,
   ``server-round``, ``local-epochs``, ``batch-size``, ``lr``, ``momentum``,
@@ -30,7 +33,8 @@ Contract with the coordinator (``fedmed.server.app``):
     coordinator to witness.
   - Refused: it returns the weights it received unchanged, ``num_examples = 0``
     and ``site``, ``refused = 1``, ``reason`` (and ``epsilon``/``delta`` when the
-    ledger was readable). The coordinator MUST NOT aggregate such a reply.
+    ledger was readable, and the head of its signed refusal when its log still held
+    the witnessed head). The coordinator MUST NOT aggregate such a reply.
 - Secure aggregation: when the coordinator runs SecAgg+, its messages carry the
   ``secaggplus_configs`` record and go through Flower's ``secaggplus_mod``
   (``fedmed.clients.secagg``); the node then uploads only its masked, clipped,

@@ -22,16 +22,17 @@ from fedmed.clients.site_home import default_site_home
 from fedmed.config import FederationConfig, Scalar
 from fedmed.errors import ConfigError
 from fedmed.privacy.job import DPJob
-from fedmed.privacy.reply import witnessed_head
+from fedmed.privacy.reply import REGISTERED_AUDIT_KEY, REGISTERED_SITE, witnessed_head
 from fedmed.tasks import get_task
 from fedmed.training.local_norms import LocalNorms
 from fedmed.training.loop import TrainSettings
 
 
 @lru_cache(maxsize=8)
-def _open_site(task: str, site: str, data_dir: str, seed: int) -> HospitalSite:
-    """Sites are cached per process: Flower calls ``client_fn`` for every message."""
-    return HospitalSite.open(task, site, data_dir or None, seed)
+def _open_site(task: str, site: str, data_dir: str, seed: int, home: Path) -> HospitalSite:
+    """Sites are cached per process: Flower calls ``client_fn`` for every message. The data
+    pass the site home's de-id stage (its batches signed into the home's audit log)."""
+    return HospitalSite.open(task, site, data_dir or None, seed, home)
 
 
 def site_for_context(context: Context, config: FederationConfig) -> tuple[HospitalSite, Path]:
@@ -52,7 +53,7 @@ def site_for_context(context: Context, config: FederationConfig) -> tuple[Hospit
         raise ConfigError("node config names no 'site' (deployment) or 'partition-id' (simulation)")
     home = node_config.get("site-home")
     home_root = Path(str(home)) if home else default_site_home(config, site)
-    return _open_site(config.task, site, data_dir, config.seed), home_root
+    return _open_site(config.task, site, data_dir, config.seed, home_root), home_root
 
 
 def train_settings(fit_config: Mapping[str, Scalar]) -> TrainSettings:
@@ -68,8 +69,9 @@ def train_settings(fit_config: Mapping[str, Scalar]) -> TrainSettings:
 
 
 def round_job(fit_config: Mapping[str, Scalar], site: str = "") -> RoundJob:
-    """The coordinator's instructions for one round (run, round, training, DP request, and
-    the head of ``site``'s audit log that the coordinator last witnessed)."""
+    """The coordinator's instructions for one round (run, round, training, DP request, the
+    head of ``site``'s audit log that the coordinator last witnessed and, deployed, the
+    identity the coordinator registered for this node)."""
     return RoundJob(
         run=str(fit_config.get("run-id", "")),
         round=int(fit_config.get("server-round", 0)),
@@ -77,7 +79,14 @@ def round_job(fit_config: Mapping[str, Scalar], site: str = "") -> RoundJob:
         dp=DPJob.from_fit_config(fit_config),
         local_norm=bool(fit_config.get("local-norm", False)),
         witnessed=witnessed_head(fit_config, site),
+        registered_site=_optional_text(fit_config, REGISTERED_SITE),
+        registered_audit_key=_optional_text(fit_config, REGISTERED_AUDIT_KEY),
     )
+
+
+def _optional_text(fit_config: Mapping[str, Scalar], key: str) -> str | None:
+    value = fit_config.get(key)
+    return None if value is None else str(value)
 
 
 class HospitalClient(NumPyClient):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedmed.clients.site_home import SiteHome
 from fedmed.device import pick_device
 from fedmed.tasks import SiteData, TaskPack, get_task
 from fedmed.training.loop import (
@@ -35,9 +36,19 @@ class HospitalSite:
     device: torch.device
 
     @classmethod
-    def open(cls, task: str, site: str, data_dir: str | Path | None, seed: int) -> HospitalSite:
-        """Load ``site``'s data for ``task`` (DataError / ConfigError on bad input)."""
-        pack = get_task(task)
+    def open(
+        cls, task: str, site: str, data_dir: str | Path | None, seed: int,
+        home: Path | None = None,
+    ) -> HospitalSite:
+        """Load ``site``'s data for ``task`` (DataError / ConfigError on bad input).
+
+        ``home``: the site home whose de-id admission stage the data pass (created with the
+        default policy if absent, as a round would): the gate's state lives there and every
+        admitted batch is signed into its audit log before the data can be trained on.
+        Without it (local studies, tests) the pack's unsigned local stage is used.
+        """
+        admission = SiteHome.open(home, site, task).admission() if home is not None else None
+        pack = get_task(task, admission)
         data = pack.load_site(site, Path(data_dir) if data_dir else None, seed)
         return cls(name=site, pack=pack, data=data, device=pick_device())
 

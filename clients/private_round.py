@@ -25,12 +25,29 @@ The order is the guarantee:
    exactly the approved mechanism and that every trained weight is finite. Training
    that raises, or an update with a NaN or Inf, is refused (step 4 never happens):
    nothing is released, so the ledger records nothing and no ε is spent.
-4. Record the release in the ledger (durable) and sign it into the audit log —
-   only then does the update leave the node.
+4. Record the release in the ledger (durable), keep the update
+   (:mod:`fedmed.clients.release_cache`) and sign the release — with the update's
+   SHA-256 — into the audit log; only then does the update leave the node.
+
+A round this site already released (same run, round and task in its ledger) is never
+trained again: the node re-sends the update it kept, signs a ``release-repeated`` entry
+and spends no ε (repeating a released output is post-processing), or refuses when the
+kept update is gone — so a re-delivered or replayed message cannot make it release
+twice, off the coordinator's record.
 
 A refusal is an answer, not a failure: the node returns the weights it received,
 ``num_examples = 0`` and ``refused = 1`` with a ``reason``, and signs a ``refusal``
-entry into its own log. The coordinator drops such replies before aggregating.
+entry into its own log. The coordinator drops such replies before aggregating. The
+reply carries the head of that refusal entry, so the coordinator witnesses refusals
+too (cutting them from the end of the log fails ``fedmed audit verify``) — except
+after a step-0 refusal: a log that lost its witnessed head offers no head to witness
+(witnessing it would bless the reset log).
+
+Identity (deployment): the coordinator names, per node, the site its node key was
+provisioned for (``registered-site``) and that site's audit-key fingerprint
+(``registered-audit-key``). A node whose own site or site-home key differs refuses
+and signs why, before anything else is checked: a kit edited to claim another site
+never trains.
 Either way the reply's metrics are a :class:`fedmed.privacy.reply.FitReply`, the
 typed contract the coordinator reads back.
 """
@@ -49,9 +66,11 @@ import numpy as np
 from fedmed.audit import AuditError, AuditLog, Head
 from fedmed.audit.entries import holds_head
 from fedmed.audit.provenance import code_version, config_hash
+from fedmed.clients import release_cache
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import Scalar
+from fedmed.deid.sitekey import SiteKey
 from fedmed.errors import ConfigError, PrivacyRefusal
 from fedmed.privacy.guard import Decision, ReleaseRequest, check_release
 from fedmed.privacy.job import DPJob, plan_release
@@ -75,6 +94,8 @@ class RoundJob:
     dp: DPJob
     local_norm: bool = False  # keep normalisation layers local (fedmed.training.local_norms)
     witnessed: WitnessedHead | None = None  # the site's log head the coordinator last saw
+    registered_site: str | None = None  # deployment: the site this node's key belongs to
+    registered_audit_key: str | None = None  # and that site's provisioned audit key
 
 
 @dataclass(frozen=True)
@@ -105,6 +126,9 @@ def run_private_round(
         home = SiteHome.open(home_root, site.name, site.pack.name)
         with home.lock():
             audit = home.audit()
+            mismatch = identity_mismatch(site, audit, job)
+            if mismatch is not None:  # not the site it claims: nothing else is asked
+                return _signed_refusal(site, home, audit, received, job, mismatch)
             gap = witness_gap(audit, job.witnessed, home.root, missing)
             if gap is not None:  # step 0: sign the refusal, report no ε (the log lost it)
                 audit.append("refusal", _refusal_payload(site, job, gap))
@@ -139,6 +163,23 @@ def witness_gap(
         "the site home was deleted, reset or restored from an older copy, and its privacy "
         f"ledger with it — refusing every round until it is restored; {_restore_hint(witnessed)}"
     )
+
+
+def identity_mismatch(site: HospitalSite, audit: AuditLog, job: RoundJob) -> str | None:
+    """Why this node is not the site the coordinator registered its key for (None: it is,
+    or the coordinator named none — simulation)."""
+    if job.registered_site is not None and job.registered_site != site.name:
+        return (
+            f"this node's key is registered to site {job.registered_site!r} but its kit says "
+            f"{site.name!r}: a node trains only as the site it was provisioned for"
+        )
+    if job.registered_audit_key is not None and job.registered_audit_key != audit.key_fingerprint:
+        return (
+            f"the site home's audit key {audit.key_fingerprint} is not the one provisioned for "
+            f"{site.name} ({job.registered_audit_key}): restore the site home that holds the "
+            "kit's audit key"
+        )
+    return None
 
 
 def _restore_hint(witnessed: WitnessedHead) -> str:
@@ -241,11 +282,14 @@ def _checked_round(
         ledger = _checked_ledger(home, audit)
     except PrivacyRefusal as exc:
         return _signed_refusal(site, home, audit, weights, job, str(exc))
+    released = _released_in(ledger, job, site.pack.name)
+    if released is not None:
+        return _repeated_release(site, home, audit, weights, job, policy, released)
     approval = _decide(site, policy, ledger, job)
     if isinstance(approval, str):
         return _signed_refusal(site, home, audit, weights, job, approval)
     try:
-        trained = _train(site, home, weights, job, approval.request)
+        trained = _train(site, home, weights, job, approval)
     except Exception as exc:  # nothing was released: no ledger entry, no ε (module docstring)
         logger.debug("training failed at %s", site.name, exc_info=True)
         reason = f"training failed, nothing released: {_one_line(exc)}"
@@ -261,9 +305,61 @@ def _checked_round(
     approval.ledger.append(entry)  # durable before the update can leave
     if trained.local_norms is not None:
         trained.local_norms.save(trained.weights, norm_positions(site.pack.build_model()))
-    head = _sign_release(audit, site, job, approval, entry, trained.trainer)
+    update = release_cache.keep(home.root, job.run, job.round, trained.weights)
+    head = _sign_release(audit, site, job, approval, entry, trained.trainer, update)
     reply = _accepted_reply(site, trained.result, approval, entry, head)
     return RoundOutcome(trained.weights, trained.result.num_examples, reply)
+
+
+def _released_in(ledger: Ledger, job: RoundJob, task: str) -> LedgerEntry | None:
+    """The ledger's release of this very round (same run, round and task), if any."""
+    for entry in ledger.releases:
+        if (entry.run, entry.round, entry.task) == (job.run, job.round, task):
+            return entry
+    return None
+
+
+def _repeated_release(
+    site: HospitalSite,
+    home: SiteHome,
+    audit: AuditLog,
+    weights: list[np.ndarray],
+    job: RoundJob,
+    policy: Policy,
+    entry: LedgerEntry,
+) -> RoundOutcome:
+    """Answer a round already released with the kept update (no new ε, a signed
+    ``release-repeated`` entry), or refuse when that update is not kept any more."""
+    signed = [
+        p for p in audit.of_kind("dp-release")
+        if (p.get("run"), p.get("round"), p.get("task")) == (job.run, job.round, site.pack.name)
+    ]  # fmt: skip
+    kept = release_cache.kept(home.root, job.run, job.round)
+    if kept is None or not signed or kept.sha256 != signed[-1].get("update_sha256"):
+        reason = (
+            f"this site already released its update for run {job.run} round {job.round} and "
+            "does not keep that update; a repeated round is refused rather than released twice"
+        )
+        return _signed_refusal(site, home, audit, weights, job, reason)
+    head = audit.append(
+        "release-repeated",
+        {"run": job.run, "round": job.round, "task": site.pack.name, "update_sha256": kept.sha256},
+    )
+    spent = signed_epsilon(audit.of_kind("dp-release"), policy.delta, policy.accountant)
+    reply = FitReply(
+        site=site.name,
+        refused=False,
+        steps=entry.steps,
+        device=site.device.type,
+        **_account(spent, policy),
+        noise_multiplier=entry.noise_multiplier,
+        sample_rate=entry.sample_rate,
+        clip_norm=entry.clip_norm,
+        audit_key=head.key,
+        audit_seq=head.seq,
+        audit_hash=head.hash,
+    )
+    return RoundOutcome(kept.weights, len(site.data.train), reply)
 
 
 def _signed_refusal(
@@ -276,8 +372,8 @@ def _signed_refusal(
 ) -> RoundOutcome:
     """Refuse the round: sign why into the site's log and reply with the received weights
     and the site's ε account, unchanged by this round."""
-    audit.append("refusal", _refusal_payload(site, job, reason))
-    return refusal(site, weights, reason, _spent(home, audit))
+    head = audit.append("refusal", _refusal_payload(site, job, reason))
+    return refusal(site, weights, reason, _spent(home, audit), head)
 
 
 def _non_finite(weights: Sequence[np.ndarray]) -> int:
@@ -300,7 +396,7 @@ def _train(
     home: SiteHome,
     weights: list[np.ndarray],
     job: RoundJob,
-    request: ReleaseRequest,
+    approval: _Approval,
 ) -> _Trained:
     """Train under exactly the approved mechanism.
 
@@ -308,7 +404,8 @@ def _train(
     guard approved: a mismatch would make the ledger's ε wrong, so it raises and the
     update never leaves.
     """
-    trainer = _trainer(site, request, job.dp)
+    request = approval.request
+    trainer = _trainer(site, home, request, job, len(approval.ledger.releases))
     local_norms = LocalNorms.of(home.root, job.run) if job.local_norm else None
     start = local_norms.apply(weights) if local_norms else weights
     new_weights, result = site.train(start, job.settings, wrap=trainer.wrap if trainer else None)
@@ -348,9 +445,11 @@ def _sign_release(
     approval: _Approval,
     entry: LedgerEntry,
     trainer: DPTrainer | None,
+    update: str,
 ) -> Head:
-    """Sign the participation and the release into the site's log; the returned head goes
-    into the reply so the coordinator can witness it."""
+    """Sign the participation and the release (with ``update``, the SHA-256 of the update
+    that leaves) into the site's log; the returned head goes into the reply so the
+    coordinator can witness it."""
     audit.append(
         "round-participation",
         {"run": job.run, "round": job.round, "task": site.pack.name, "decision": "joined"},
@@ -364,6 +463,7 @@ def _sign_release(
             "epsilon_budget": approval.policy.epsilon,
             "job": config_hash(asdict(job.dp)),
             "code": code_version(),
+            "update_sha256": update,
         },
     )
 
@@ -393,9 +493,21 @@ def _accepted_reply(
     )
 
 
-def _trainer(site: HospitalSite, request: ReleaseRequest, dp: DPJob) -> DPTrainer | None:
+def _trainer(
+    site: HospitalSite, home: SiteHome, request: ReleaseRequest, job: RoundJob, index: int
+) -> DPTrainer | None:
+    """The DP trainer of the approved mechanism, drawing its noise and sampling from the
+    site's secret (never from the coordinator's ``seed``: ``DPTrainer``'s docstring).
+
+    The seed is an HMAC of the secret over the run, round, task and ``index`` — how many
+    releases the ledger already holds — so no two releases of a site ever share noise,
+    whatever run ids the coordinator chooses (shared noise would cancel in a difference)."""
     if request.noise_multiplier <= 0:
         return None
+    dp = job.dp
+    secret = SiteKey.load_or_create(home.root).number(
+        "dp-sgd-noise", job.run, str(job.round), site.pack.name, str(index)
+    )
     return DPTrainer(
         noise_multiplier=request.noise_multiplier,
         sample_rate=request.sample_rate,
@@ -404,6 +516,7 @@ def _trainer(site: HospitalSite, request: ReleaseRequest, dp: DPJob) -> DPTraine
         loss=site.pack.loss,
         grad_sample_mode=dp.grad_sample_mode,
         task=site.pack.name,
+        secret_seed=secret % 2**63,
     )
 
 
@@ -434,8 +547,11 @@ def refusal(
     weights: list[np.ndarray],
     reason: str,
     account: Mapping[str, Any] | None = None,
+    head: Head | None = None,
 ) -> RoundOutcome:
     """The reply of a refused round: the received weights, no examples, and why (with the
-    site's ε account when it could be read: :func:`_spent`)."""
-    reply = FitReply(site=site.name, refused=True, reason=reason, **(account or {}))
+    site's ε account when it could be read: :func:`_spent`, and the head of the signed
+    refusal for the coordinator to witness)."""
+    signed = {"audit_key": head.key, "audit_seq": head.seq, "audit_hash": head.hash} if head else {}
+    reply = FitReply(site=site.name, refused=True, reason=reason, **(account or {}), **signed)
     return RoundOutcome(weights, 0, reply)

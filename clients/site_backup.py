@@ -21,6 +21,7 @@ older than the head the coordinator witnessed.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import json
@@ -245,10 +246,12 @@ def restore(
                     f"(seq {w_seq}, {w_hash[:12]}…; the backup ends at seq {seq}) or differs "
                     "from it; the site would refuse to train from this home"
                 )
+        if in_the_way:
+            _refuse_hiding_releases(archive, home, entries)
         aside = None
         if home.exists() or home.is_symlink():
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            aside = home.with_name(f"{home.name}.replaced-{stamp}")
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            aside = home.with_name(f"{home.name}.replaced-{stamp}")  # µs: two restores differ
             if in_the_way:
                 os.rename(home, aside)
             else:
@@ -259,6 +262,24 @@ def restore(
         shutil.rmtree(staging, ignore_errors=True)
     info = BackupInfo(site, seq, digest, len(manifest["files"]), str(manifest.get("created")))
     return info, aside
+
+
+def _refuse_hiding_releases(archive: Path, home: Path, restored: list[dict[str, Any]]) -> None:
+    """Refuse to replace a home whose intact log holds signed releases the backup lacks:
+    they were really made (the coordinator may never have witnessed them), and restoring
+    would hide privacy already spent. A home whose log is broken may be replaced."""
+    try:
+        _, _, _, current = _verified_head(home)
+    except BackupIntegrityError:
+        return
+    kept = {entry["hash"] for entry in restored}
+    lost = [e["seq"] for e in current if e["kind"] == "dp-release" and e["hash"] not in kept]
+    if lost:
+        raise BackupIntegrityError(
+            f"{home}: its audit log holds {len(lost)} signed release(s) that {archive} lacks "
+            f"(seq {', '.join(map(str, lost))}); restoring would hide privacy already spent — "
+            "back up the current home instead, or keep it"
+        )
 
 
 def _check_files(archive: Path, restored: Path, expected: dict[str, str]) -> None:

@@ -7,6 +7,10 @@ Layout::
                                 cache of the signed dp-release entries, checked against
                                 them at every round
     audit.jsonl                 the site's signed audit log, with .pub and .head beside
+                                (deid-batch entries: every batch the de-id gate admitted)
+    deid/                       the gate's site secret and batch reports (fedmed.deid)
+    quarantine/                 items the gate held back, each with a .reason.json (0600)
+    admitted/<task>/            the gate's cache of released notes (text packs)
     keys/audit-ed25519.pem      the site's signing key (0600; never leaves the site)
     .lock                       serialises check → train → record across processes
     personal/                   normalisation layers kept at the site (local-norm runs)
@@ -41,12 +45,15 @@ from typing import Any
 from fedmed.audit import AuditError, AuditLog
 from fedmed.audit.keys import KEY_FILE
 from fedmed.config import FederationConfig
+from fedmed.data.admission import AdmissionStage
+from fedmed.deid.config import DeidConfig
 from fedmed.errors import PrivacyRefusal
 from fedmed.privacy.ledger import LEDGER_FILE, Ledger
 from fedmed.privacy.policy import POLICY_FILE, Policy, load_policy, parse_policy
 from fedmed.state import site_home_path
 
 AUDIT_FILE = "audit.jsonl"
+DEID_BATCH = "deid-batch"
 KEYS_DIR = "keys"
 LOCK_FILE = ".lock"
 
@@ -124,6 +131,16 @@ class SiteHome:
             if not root.is_dir():  # another process did not create it first: a real error
                 raise
 
+    @classmethod
+    def with_audit_log(cls, root: Path) -> SiteHome | None:
+        """The home at ``root`` if it holds a site audit log (a home made by ``fedmed site
+        init`` or a node), its site read from its ledger; None otherwise. For signers that
+        run outside a node (``fedmed deid scrub --site-home``); nothing is created."""
+        root = Path(root)
+        if not (root / AUDIT_FILE).is_file():
+            return None
+        return cls(root, Ledger.load(root / LEDGER_FILE).site)
+
     def policy(self) -> Policy:
         return load_policy(self.root / POLICY_FILE)
 
@@ -161,6 +178,27 @@ class SiteHome:
         if not path.is_file():
             raise AuditError(f"{path}: site audit log missing; refusing to continue")
         return AuditLog.open(path, self.root / KEYS_DIR, f"site:{self.site}")
+
+    def deid_config(self) -> DeidConfig:
+        """The site's de-identification settings: the ``[deid]`` table of its policy,
+        validated (ConfigError naming the file and the key); the defaults without one.
+        A missing or malformed policy refuses, as it does for a round (fail closed)."""
+        return DeidConfig.from_dict(self.policy().deid, str(self.root / POLICY_FILE))
+
+    def admission(self) -> AdmissionStage:
+        """This site's de-id admission stage: gate state in this home, the policy's ``[deid]``
+        settings, and every batch report signed into this home's audit log."""
+        return AdmissionStage(self.site, self.root, self.deid_config(), self.sign_deid_batch)
+
+    def sign_deid_batch(self, report: Mapping[str, Any]) -> bool:
+        """Sign a gate batch report as a ``deid-batch`` entry, under the lock; False when the
+        log already holds that batch id (the same admission seen again by another process)."""
+        with self.lock():
+            log = self.audit()
+            if any(entry.get("batch") == report["batch"] for entry in log.of_kind(DEID_BATCH)):
+                return False
+            log.append(DEID_BATCH, report)
+            return True
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

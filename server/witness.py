@@ -1,7 +1,8 @@
 """The coordinator's witness record: the last audit-log head it saw from each site.
 
 A site's audit log only grows. The coordinator remembers, per federation, the head
-(``seq``, ``hash``) each site last reported (:meth:`fedmed.privacy.reply.FitReply.audit_head`)
+(``key``, ``seq``, ``hash``) each site last reported — of a release or a signed
+refusal (:meth:`fedmed.privacy.reply.FitReply.audit_head`)
 and sends it back with every round's fit config (:data:`fedmed.privacy.reply.WITNESSED_HEADS`).
 A node whose log no longer holds that head — the site home was deleted, reset, or
 restored from an older copy — refuses to train (``fedmed.clients.private_round``), so
@@ -58,6 +59,27 @@ class WitnessRecord:
     def fit_config(self) -> dict[str, str]:
         """The fit-config entry that tells each site the head last witnessed for it."""
         return {WITNESSED_HEADS: encode_witnessed(self.sites)} if self.sites else {}
+
+    def conflict(self, site: str, head: Mapping[str, Any]) -> str | None:
+        """Why ``head`` (``{key, seq, hash}``) cannot follow the head witnessed for ``site``:
+        another audit key (a replaced home or key), or a log that went back (an older
+        copy, or another branch at the same seq). None when it can (or nothing was seen)."""
+        known = self.sites.get(site)
+        if known is None:
+            return None
+        if known.get("key") is not None and head.get("key") != known["key"]:
+            return (
+                f"{site}'s audit log is now signed by key {head.get('key')}, but the coordinator "
+                f"witnessed key {known['key']} (round {known.get('round')} of run "
+                f"{known.get('run')}): the site home or its key was replaced"
+            )
+        seq, digest = int(head["seq"]), str(head["hash"])
+        if seq < known["seq"] or (seq == known["seq"] and digest != known["hash"]):
+            return (
+                f"{site}'s audit log head is seq {seq}, but the coordinator witnessed seq "
+                f"{known['seq']} (hash {known['hash']}): the log went back or forked"
+            )
+        return None
 
     def witness(self, heads: Mapping[str, Mapping[str, Any]], run: str, server_round: int) -> None:
         """Remember ``heads`` (site → ``{key, seq, hash}``) and write the record durably."""

@@ -13,6 +13,7 @@ entries (a raised budget shows with its time).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -63,7 +64,38 @@ def gather(roots: Sequence[Path]) -> dict[str, Any]:
         },
         "sites": sites,
         "coordinator": coordinators,
+        "privacy_audits": privacy_audits(roots),
     }
+
+
+PRIVACY_AUDIT_FILE = "privacy-audit.json"
+"""What ``fedmed audit privacy`` writes (:mod:`fedmed.studies.privacy_audit`)."""
+
+
+def privacy_audits(roots: Iterable[Path]) -> list[dict[str, Any]]:
+    """Every empirical privacy audit under ``roots``: its settings and, per site, the
+    accounted ε beside the canary lower bound and the membership attack. An audit file
+    that cannot be read is listed with the reason instead of being skipped."""
+    audits = []
+    paths = sorted({p.resolve() for root in roots for p in Path(root).rglob(PRIVACY_AUDIT_FILE)})
+    for path in paths:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            per_site = dict(document["per_site"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            audits.append({"path": str(path), "problem": f"unreadable audit file: {exc}"})
+            continue
+        audits.append(
+            {
+                "path": str(path),
+                "federation": document.get("federation"),
+                "dp": document.get("dp") or {},
+                "training": document.get("training") or {},
+                "confidence": document.get("confidence"),
+                "per_site": per_site,
+            }
+        )
+    return audits
 
 
 def _log_summary(check: LogCheck) -> dict[str, Any]:
@@ -120,8 +152,31 @@ def _site(home: Path, log: LogCheck | None) -> dict[str, Any]:
     ]
     site["rounds_refused"] = len(site["refusals"])
     site["policy_changes"] = _policy_changes(entries)
-    site["deid_batches"] = sum(1 for e in entries if e["kind"] == "deid-batch")
+    site["deid_batches"] = _deid_batches(entries)
     return site
+
+
+DEID_VERSION_KEYS = ("detector", "dicom_profile", "table_rules", "wfdb_header")
+"""The version fields a de-id batch report may carry (what decided, per modality)."""
+
+
+def _deid_batches(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The signed ``deid-batch`` entries: each admitted batch's input kind, task, counts per
+    category, quarantined items (pseudonymous ids and reasons), versions and digests. The
+    gate's reports hold no PHI, so nothing here does either."""
+    batches = []
+    for entry in entries:
+        if entry["kind"] != "deid-batch":
+            continue
+        report = entry["payload"]
+        batches.append({
+            "time": entry["time"],
+            **{k: report.get(k) for k in ("batch", "input", "task", "mode", "items",
+                                          "phi_counts_by_category", "quarantine",
+                                          "input_digest", "released_sha256")},
+            "versions": {k: report[k] for k in DEID_VERSION_KEYS if k in report},
+        })
+    return batches
 
 
 def _ledger(home: Path, site: dict[str, Any]) -> Ledger | None:

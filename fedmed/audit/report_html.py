@@ -103,6 +103,7 @@ def render(data: Mapping[str, Any]) -> str:
         _summary(data["sites"]),
         *(_site_section(site) for site in data["sites"]),
         _coordinator_section(data["coordinator"]),
+        _privacy_audit_section(data.get("privacy_audits") or []),
         _logs_section(data["verification"]["logs"]),
         "</body></html>",
     ]
@@ -158,7 +159,8 @@ def _site_section(site: Mapping[str, Any]) -> str:
             f"<tr><th>δ</th><td>{policy['delta']}</td></tr>"
             f"<tr><th>Minimum noise multiplier σ</th><td>{policy['min_noise_multiplier']}</td></tr>"
             f"<tr><th>Allowed tasks</th><td>{_e(allowed)}</td></tr>"
-            f"<tr><th>Accountant</th><td>{_e(policy['accountant'])}</td></tr></table>"
+            f"<tr><th>Accountant</th><td>{_e(policy['accountant'])}</td></tr>"
+            f"<tr><th>De-identification [deid]</th><td>{_deid_settings(policy)}</td></tr></table>"
         )
     parts.append(_policy_changes(site.get("policy_changes") or []))
     if site.get("epsilon_source"):
@@ -174,9 +176,10 @@ def _site_section(site: Mapping[str, Any]) -> str:
             "<h3>Rounds refused</h3><table><tr><th>time</th><th>run</th><th>round</th>"
             f"<th>reason</th></tr>{rows}</table>"
         )
+    parts.append(_deid_batches(site.get("deid_batches") or []))
     audit = site.get("audit")
     if audit:
-        deid = site["deid_batches"]
+        deid = len(site.get("deid_batches") or [])
         batches = f"; {deid} de-identification batches" if deid else ""
         parts.append(
             f"<p class='muted'>Signing key {_e(audit['key'])}; "
@@ -184,6 +187,48 @@ def _site_section(site: Mapping[str, Any]) -> str:
         )
     parts.append("</div>")
     return "".join(parts)
+
+
+def _deid_settings(policy: Mapping[str, Any]) -> str:
+    """The policy's ``[deid]`` table as compact JSON, or the defaults' name."""
+    deid = policy.get("deid")
+    if not deid:
+        return "defaults (docs/deid.md)"
+    return f"<code>{_e(json.dumps(deid, sort_keys=True))}</code>"
+
+
+def _deid_batches(batches: Sequence[Mapping[str, Any]]) -> str:
+    """The signed ``deid-batch`` entries: one row per admitted batch (no PHI in any field:
+    counts, pseudonymous item ids, reasons, versions, digests)."""
+    if not batches:
+        return ""
+    rows = []
+    for b in batches:
+        items = b.get("items") or {}
+        counts = ", ".join(f"{k} {v}" for k, v in (b.get("phi_counts_by_category") or {}).items())
+        held = "<br>".join(f"<code>{_e(q.get('item'))}</code>: {_e(q.get('reason'))}"
+                           for q in b.get("quarantine") or [])
+        versions = "<br>".join(f"{_e(k)}: {_e(_version(v))}"
+                               for k, v in (b.get("versions") or {}).items())
+        rows.append(
+            f"<tr><td>{_e(b.get('time'))}</td><td>{_e(b.get('input'))}</td>"
+            f"<td>{_e(b.get('task') or '')}</td>"
+            f"<td class='num'>{_e(items.get('received'))} / {_e(items.get('released'))} / "
+            f"{_e(items.get('quarantined'))}</td><td>{_e(counts) or '–'}</td>"
+            f"<td>{held or '–'}</td><td>{versions}</td>"
+            f"<td><code>{_e(str(b.get('input_digest') or '')[:16])}</code> → "
+            f"<code>{_e(str(b.get('released_sha256') or '')[:16])}</code></td></tr>")
+    return (
+        "<h3>De-identification batches (signed)</h3><table><tr><th>time</th><th>input</th>"
+        "<th>task</th><th>received / released / quarantined</th><th>PHI by category</th>"
+        "<th>quarantined (pseudonymous id: reason)</th><th>versions</th>"
+        f"<th>input (keyed) → released digest</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _version(value: Any) -> str:
+    """A version field: text as is, the detector's nested versions as compact JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _policy_changes(changes: Sequence[Mapping[str, Any]]) -> str:
@@ -339,3 +384,47 @@ def _logs_section(logs: Sequence[Mapping[str, Any]]) -> str:
         "<code>fedmed audit verify FOLDER</code>.</p><table><tr><th>log</th><th>party</th>"
         f"<th>entries</th><th>status</th></tr>{rows}</table>"
     )
+
+
+def _privacy_audit_section(audits: Sequence[Mapping[str, Any]]) -> str:
+    """``fedmed audit privacy`` results: per site, the accounted ε of the audit's run
+    beside the empirical lower bound and the membership attack (docs/auditor-guide.md)."""
+    if not audits:
+        return ""
+    parts = [
+        "<h2>Empirical privacy audit</h2><p class='muted'>A lower bound is evidence, not "
+        "proof: the real ε may be far above it. A bound above the accounted ε means the DP "
+        'training or its accounting is wrong. See docs/auditor-guide.md, "Reading the '
+        'empirical privacy audit".</p>'
+    ]
+    for audit in audits:
+        if "problem" in audit:
+            parts.append(f"<p><code>{_e(audit['path'])}</code>: {_e(audit['problem'])}</p>")
+            continue
+        dp, training = audit["dp"], audit["training"]
+        mechanism = (
+            f"DP-SGD, target ε {_e(dp.get('target_epsilon'))} at δ {_e(dp.get('delta'))}, "
+            f"clip {_e(dp.get('clip_norm'))}"
+            if dp.get("enabled")
+            else "no DP"
+        )
+        rows = "".join(
+            f"<tr><td>{_e(site)}</td>"
+            f"<td class='num'>{format_epsilon(found.get('epsilon_accounted'))}</td>"
+            f"<td class='num'>{float(found['epsilon_lower_bound']):.3f}</td>"
+            f"<td class='num'>{_e(found.get('correct_guesses'))} / {_e(found.get('guesses'))}"
+            f" ({_e(found.get('canaries'))})</td>"
+            f"<td class='num'>{float(found['mia_auc']):.3f}</td>"
+            f"<td class='num'>{float(found['tpr_at_0.1pct_fpr']):.3f}</td></tr>"
+            for site, found in audit["per_site"].items()
+        )
+        parts.append(
+            f"<p><code>{_e(audit['path'])}</code>: federation {_e(audit['federation'])}, "
+            f"{mechanism}; {_e(training.get('rounds'))} rounds of "
+            f"{_e(training.get('local_epochs'))} local epochs.</p>"
+            "<table><tr><th>Hospital</th><th>ε accounted (audit run)</th>"
+            f"<th>ε lower bound ({_e(audit.get('confidence'))} confidence)</th>"
+            "<th>right / guesses (canaries)</th><th>membership AUC</th>"
+            f"<th>TPR at 0.1% FPR</th></tr>{rows}</table>"
+        )
+    return "".join(parts)

@@ -14,8 +14,17 @@ What a passing check proves, for a log ``X.jsonl`` with ``X.jsonl.pub`` beside i
   by an older signed copy together with the tail is the one change a single log
   cannot show; :func:`verify_tree` also checks the log heads that other parties
   witnessed and signed in their own logs — the coordinator records every site's
-  head each round — so a truncated site log fails when verified beside the
-  coordinator's log.)
+  head each round, of its releases and of its signed refusals — so a truncated or
+  rolled-back site log fails when verified beside the coordinator's log.)
+
+Which keys are trusted. Alone, a log proves only that one key signed it: the key
+stored beside it is trusted on first use, and :func:`verify_federation` says so. Two
+things anchor keys: a head witnessed by the coordinator names the site's key, so a
+site log re-signed under a fresh key fails beside the coordinator's log (a witnessed
+site whose log is not among those checked is listed as not checked, never skipped
+silently); and with the coordinator kit (``fedmed audit verify --kit``,
+:class:`fedmed.audit.anchors.TrustAnchors`) every log must be signed by the key
+provisioned for its party — a replaced or unknown key fails.
 
 :func:`verify_tree` also checks each site home's ``ledger.json`` against the signed
 ``dp-release`` entries of the ``audit.jsonl`` beside it
@@ -32,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fedmed.audit.anchors import TrustAnchors
 from fedmed.audit.entries import (
     ENTRY_DOMAIN,
     ENTRY_KEYS,
@@ -60,6 +70,7 @@ class LogCheck:
     key: str = ""
     party: str = ""
     entries: list[dict[str, Any]] = field(default_factory=list)
+    anchored: bool = False  # its key is the one a kit provisioned (else trusted on first use)
 
     @property
     def last_seq(self) -> int:
@@ -196,14 +207,41 @@ def find_logs(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.jsonl") if p.is_file())
 
 
+@dataclass(frozen=True)
+class Verification:
+    """Every log checked, and what could not be: sites whose heads a checked log
+    witnessed, or that the kit provisioned, without a log among those checked."""
+
+    checks: list[LogCheck]
+    not_checked: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(check.ok for check in self.checks)
+
+
 def verify_tree(roots: Iterable[Path]) -> list[LogCheck]:
     """Verify every log under ``roots``, then the heads each log witnessed of the others."""
+    return verify_federation(roots).checks
+
+
+def verify_federation(roots: Iterable[Path], anchors: TrustAnchors | None = None) -> Verification:
+    """:func:`verify_tree`, with keys checked against ``anchors`` when given, and the
+    witnessed or provisioned sites that have no log among those checked."""
     checks = [verify_log(path) for root in roots for path in find_logs(root)]
+    if anchors is not None:
+        checks = [_anchored(check, anchors) for check in checks]
+    unseen: dict[str, tuple[str, str, int]] = {}  # site → (witness, key, last seq witnessed)
     by_key: dict[str, int] = {c.key: i for i, c in enumerate(checks) if c.ok and c.key}
     for witness in list(checks):
-        for seen_key, seq, digest in _witnessed_heads(witness):
+        for site, seen_key, seq, digest in _witnessed_heads(witness):
             index = by_key.get(seen_key)
-            if index is None or not checks[index].ok:
+            if index is None:
+                checks, missing = _replaced_keys(checks, witness, site, seen_key)
+                if missing and seq >= unseen.get(site, ("", "", -1))[2]:
+                    unseen[site] = (witness.path.name, seen_key, seq)
+                continue
+            if not checks[index].ok:
                 continue
             target = checks[index]
             if seq >= len(target.entries):
@@ -217,7 +255,54 @@ def verify_tree(roots: Iterable[Path]) -> list[LogCheck]:
             elif not holds_head(target.entries, seq, digest):
                 reason = f"entry {seq} differs from the one witnessed in {witness.path.name}"
                 checks[index] = replace(target, ok=False, line=seq + 1, reason=reason)
-    return [_with_ledger(check) for check in checks]
+    not_checked = [
+        f"site {site}: {name} witnessed its log up to entry {seq} (key {key}) but no log of "
+        f"{site} was checked"
+        for site, (name, key, seq) in unseen.items()
+    ]
+    if anchors is not None:
+        seen = {check.party for check in checks}
+        not_checked += [
+            f"{party}: provisioned in {anchors.source} but no log of it was checked"
+            for party in anchors.parties()
+            if party not in seen and party.removeprefix("site:") not in unseen
+        ]
+    return Verification([_with_ledger(check) for check in checks], sorted(set(not_checked)))
+
+
+def _anchored(check: LogCheck, anchors: TrustAnchors) -> LogCheck:
+    """``check``, failed if its key is not the one ``anchors`` provisioned for its party."""
+    if not check.ok:
+        return check
+    problem = anchors.problem(check.party, check.key)
+    if problem is None:
+        return replace(check, anchored=True)
+    return replace(check, ok=False, line=1, reason=problem)
+
+
+def _replaced_keys(
+    checks: list[LogCheck], witness: LogCheck, site: str, seen_key: str
+) -> tuple[list[LogCheck], bool]:
+    """Fail every checked log of ``site`` (signed by a key other than the witnessed
+    ``seen_key``); True when there is no log of ``site`` at all."""
+    party = f"site:{site}"
+    found = False
+    updated = []
+    for check in checks:
+        if check.party == party:
+            found = True
+            if check.ok:
+                check = replace(
+                    check,
+                    ok=False,
+                    line=1,
+                    reason=(
+                        f"signed by key {check.key}, but {witness.path.name} witnessed this "
+                        f"site's log under key {seen_key}: the log was replaced or re-signed"
+                    ),
+                )
+        updated.append(check)
+    return updated, not found
 
 
 def _with_ledger(check: LogCheck) -> LogCheck:
@@ -230,19 +315,22 @@ def _with_ledger(check: LogCheck) -> LogCheck:
     return replace(check, ok=False, line=problem.line, reason=problem.reason)
 
 
-def _witnessed_heads(check: LogCheck) -> list[tuple[str, int, str]]:
-    """(key, seq, hash) of other parties' log heads recorded in ``check``'s ``round`` entries."""
+def _witnessed_heads(check: LogCheck) -> list[tuple[str, str, int, str]]:
+    """(site, key, seq, hash) of the site log heads ``check`` witnessed: its ``round``
+    entries' ``site_heads`` and its ``refusal`` entries' ``site_head``."""
     if not check.ok:
         return []
-    heads: list[tuple[str, int, str]] = []
+    heads: list[tuple[str, str, int, str]] = []
     for entry in check.entries:
-        if entry["kind"] != "round":
+        payload = entry["payload"]
+        if entry["kind"] == "round" and isinstance(payload.get("site_heads"), dict):
+            seen_heads = list(payload["site_heads"].items())
+        elif entry["kind"] == "refusal" and isinstance(payload.get("site_head"), dict):
+            seen_heads = [(payload.get("site"), payload["site_head"])]
+        else:  # signed, but no witness in it
             continue
-        site_heads = entry["payload"].get("site_heads")
-        if not isinstance(site_heads, dict):  # signed, but not what fedmed writes: no witness
-            continue
-        for seen in site_heads.values():
+        for site, seen in seen_heads:
             seq = seen.get("seq") if isinstance(seen, dict) else None
             if type(seq) is int and seq >= 0:
-                heads.append((str(seen.get("key")), seq, str(seen.get("hash"))))
+                heads.append((str(site), str(seen.get("key")), seq, str(seen.get("hash"))))
     return heads

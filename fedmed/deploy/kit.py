@@ -11,6 +11,8 @@ and ``run --coordinator`` can never disagree::
         kit.toml  ca.crt
         coordinator.crt  coordinator.key        TLS (SANs = the addresses)
         node-keys/<site>.pub                    the nodes it registers (OpenSSH EC)
+        site-audit-keys/<site>.pub              each site's audit public key: the
+                                                trust anchor of `fedmed audit verify --kit`
         keys/audit-ed25519.pem                  its audit signing key
       sites/<site>/                 one startup kit per hospital, shipped to it
         kit.toml  ca.crt
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedmed.audit.anchors import COORDINATOR, TrustAnchors, site_party
+from fedmed.audit.keys import AuditError, fingerprint, load_public_key
 from fedmed.deploy.errors import ProvisionError
 
 FEDERATION_FILE = "federation.toml"
@@ -44,6 +48,8 @@ SITES_DIR = "sites"
 NODE_KEY = "node-auth.key"
 NODE_PUB = "node-auth.pub"
 AUDIT_KEYS_DIR = "keys"
+SITE_AUDIT_KEYS_DIR = "site-audit-keys"
+AUDIT_PUB = "audit-ed25519.pub"
 POLICY_FILE = "policy.toml"
 DEFAULT_PORT = 9092
 
@@ -87,6 +93,32 @@ class CoordinatorKit:
         """Site name → public key file, for every node the coordinator must register."""
         folder = self.root / NODE_KEYS_DIR
         return {p.stem: p for p in sorted(folder.glob("*.pub"))} if folder.is_dir() else {}
+
+    @property
+    def audit_pub(self) -> Path:
+        """The coordinator's own audit public key."""
+        return self.root / AUDIT_PUB
+
+    def site_audit_keys(self) -> dict[str, Path]:
+        """Site name → the audit public key provisioned for it (PEM text, ``.pub``)."""
+        folder = self.root / SITE_AUDIT_KEYS_DIR
+        return {p.stem: p for p in sorted(folder.glob("*.pub"))} if folder.is_dir() else {}
+
+    def trust_anchors(self) -> TrustAnchors:
+        """Every party's provisioned audit key (``fedmed audit verify --kit``); ProvisionError
+        naming the file when one is missing or unreadable."""
+        files = {COORDINATOR: self.audit_pub}
+        files.update({site_party(site): path for site, path in self.site_audit_keys().items()})
+        if len(files) == 1:
+            raise ProvisionError(
+                f"{self.root}: the kit records no site audit keys ({SITE_AUDIT_KEYS_DIR}/); "
+                "provision the sites with this version of fedmed"
+            )
+        try:
+            keys = {party: fingerprint(load_public_key(path)) for party, path in files.items()}
+        except AuditError as exc:
+            raise ProvisionError(str(exc)) from None
+        return TrustAnchors(self.root, keys)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 ``fedmed node start`` checks what it can before starting Flower (the key file's
 mode, the local runtime port, a TLS handshake with the coordinator using the kit's
-CA: :mod:`fedmed.deploy.probe`), then runs ``flower-supernode`` with:
+CA: :mod:`fedmed.deploy.probe`), then runs Flower's ``flower-supernode`` entry point
+through :mod:`fedmed.deploy.supernode_entry` (idle pauses capped at ``--poll`` seconds;
+``--isolation process`` with fedmed's warm ClientApp worker, :mod:`fedmed.deploy.warm_worker`,
+as the process that runs the ClientApps) with:
 
 - ``--root-certificates <kit>/ca.crt``: trust only the federation's CA;
 - ``--auth-supernode-private-key <kit>/node-auth.key``: prove the node is registered;
@@ -19,6 +22,7 @@ key (Flower error 2004) or a TLS failure ends the command with one line.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +41,8 @@ from fedmed.deploy.errors import (
 from fedmed.deploy.kit import SiteKit
 from fedmed.deploy.pki import check_node_private_key
 from fedmed.deploy.probe import probe_coordinator
-from fedmed.deploy.processes import ChildProcess, flower_command, port_free, service_env
+from fedmed.deploy.processes import ChildProcess, port_free, service_env
+from fedmed.deploy.supernode_entry import DEFAULT_POLL_SECONDS, POLL_FLAG
 from fedmed.errors import DataError
 from fedmed.privacy.policy import load_policy
 
@@ -111,6 +116,7 @@ class Node:
         state: Path,
         runtime_port: int = DEFAULT_RUNTIME_PORT,
         echo: Callable[[str], None] | None = None,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
     ) -> None:
         self.kit = kit
         self.data_dir = Path(data_dir).resolve()
@@ -118,6 +124,7 @@ class Node:
         self.coordinator = coordinator
         self.layout = NodeLayout(Path(state).resolve())
         self.runtime_port = runtime_port
+        self.poll_seconds = poll_seconds
         self.echo = echo
         self.process: ChildProcess | None = None
         self.node_id: str = ""
@@ -144,8 +151,11 @@ class Node:
         return self.layout.node_config
 
     def argv(self) -> list[str]:
+        """Flower's SuperNode through fedmed's wrapper (:mod:`fedmed.deploy.supernode_entry`:
+        shorter idle pauses, the warm ClientApp worker, ``--isolation process``)."""
         return [
-            flower_command("flower-supernode"),
+            sys.executable, "-m", "fedmed.deploy.supernode_entry",
+            POLL_FLAG, str(self.poll_seconds),
             "--superlink", self.coordinator,
             "--root-certificates", str(self.kit.ca_cert),
             "--auth-supernode-private-key", str(self.kit.node_key),

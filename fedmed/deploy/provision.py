@@ -23,6 +23,7 @@ from fedmed.audit.keys import KEY_FILE, fingerprint, load_or_create_key, public_
 from fedmed.deploy.errors import ProvisionError
 from fedmed.deploy.kit import (
     AUDIT_KEYS_DIR,
+    AUDIT_PUB,
     CA_CERT,
     CA_DIR,
     CA_KEY,
@@ -36,6 +37,7 @@ from fedmed.deploy.kit import (
     NODE_KEYS_DIR,
     NODE_PUB,
     POLICY_FILE,
+    SITE_AUDIT_KEYS_DIR,
     SITES_DIR,
     read_toml,
 )
@@ -53,7 +55,6 @@ from fedmed.privacy.policy import Policy
 
 DEFAULT_ADDRESSES = (f"127.0.0.1:{DEFAULT_PORT}", f"localhost:{DEFAULT_PORT}")
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-AUDIT_PUB = "audit-ed25519.pub"
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,10 @@ def add_site(out: Path, site: str) -> SiteCredentials:
     _write_site_base(out, federation, site, folder)
     node_key = _write_node_key(out, folder, federation["name"], site)
     audit_key = load_or_create_key(folder / AUDIT_KEYS_DIR)
-    write_public(folder / AUDIT_PUB, public_pem(audit_key.public_key()))
+    audit_pem = public_pem(audit_key.public_key())
+    write_public(folder / AUDIT_PUB, audit_pem)
+    # The coordinator kit anchors the site's audit key (fedmed audit verify --kit).
+    write_public(out / COORDINATOR_DIR / SITE_AUDIT_KEYS_DIR / f"{site}.pub", audit_pem)
     policy = Policy(allowed_tasks=tuple(federation.get("allowed-tasks", ["*"])))
     write_public(folder / POLICY_FILE, policy.to_toml().encode())
     _write_federation_file(

@@ -6,6 +6,11 @@ authorized keys any more (``--auth-list-public-keys`` is deprecated). The
 SuperLink keeps registrations in its database; fedmed remembers which node id each
 kit key got (``registered.json`` in the coordinator state folder) so that a key
 removed from the kit — a rotated or retired site — is unregistered again.
+
+From the same records it writes the coordinator's registry of node identities
+(``coordinator/identities.json``, :mod:`fedmed.server.identities`): node id → the site
+that key was provisioned for and that site's audit-key fingerprint (the kit's
+``site-audit-keys/``). Deployed runs name every reply by it, never by the node's word.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedmed.audit.keys import fingerprint as audit_fingerprint
+from fedmed.audit.keys import load_public_key
 from fedmed.deploy.errors import DeployError
 from fedmed.deploy.flwr_cli import CONNECTION, Connection
 from fedmed.deploy.kit import CoordinatorKit
 from fedmed.deploy.pki import public_key_fingerprint
+from fedmed.server.identities import IDENTITIES_FILE, NodeIdentities, NodeIdentity
 
 REGISTRY_FILE = "registered.json"
 ALREADY = "already in use"
@@ -82,7 +90,29 @@ def reconcile(kit: CoordinatorKit, connection: Connection, state: Path) -> Recon
             raise DeployError(f"could not register {site}'s node key: {_last_line(document)}")
         records[fingerprint] = {"site": site, "node_id": node_id, "key": str(key_file)}
         _save(path, records)
+    identities(kit, records).save(Path(state) / "coordinator" / IDENTITIES_FILE)
     return outcome
+
+
+def identities(kit: CoordinatorKit, records: dict[str, dict[str, str]]) -> NodeIdentities:
+    """Node id → site and provisioned audit key, for every registered key with a known id.
+
+    A key registered before this state folder kept records has no id here; its node's
+    replies are then dropped as unknown (``fedmed.server.identities``), never trusted.
+    """
+    audit_keys = kit.site_audit_keys()
+    nodes: dict[str, NodeIdentity] = {}
+    for record in records.values():
+        site, node_id = record.get("site", ""), record.get("node_id", "")
+        if site not in audit_keys:
+            raise DeployError(
+                f"{kit.root}: the coordinator kit records no audit key for site {site!r} "
+                f"(site-audit-keys/{site}.pub); copy the site kit's audit-ed25519.pub there"
+            )
+        if node_id:
+            key = audit_fingerprint(load_public_key(audit_keys[site]))
+            nodes[node_id] = NodeIdentity(site, key)
+    return NodeIdentities(nodes)
 
 
 def _last_line(document: dict[str, object]) -> str:

@@ -11,6 +11,11 @@ The policy binds every job that trains on the site's data:
   claims (a floor against jobs tuned to spend the budget in a few noisy-free rounds).
 - ``allowed_tasks``: task packs that may train here (``"*"`` allows all).
 - ``accountant``: the accountant whose ε the budget is measured in (rdp, prv, gdp).
+- ``[deid]`` (optional table): the site's de-identification settings. Kept here as the
+  table the site wrote, so its bytes are in the policy digest the node signs as a
+  ``policy-change`` and its content in :meth:`Policy.to_json`; the node validates it with
+  ``fedmed.deid.config.DeidConfig`` wherever it admits data (``fedmed.privacy`` sits beside
+  ``fedmed.deid`` in the layers and does not import it).
 
 No maximum clipping norm: the clip bound C scales both the per-example sensitivity
 and the noise (σ·C), so ε does not depend on it; it is recorded, not limited.
@@ -33,6 +38,7 @@ from fedmed.errors import ConfigError, PrivacyRefusal
 from fedmed.privacy.accounting import ACCOUNTANTS
 
 POLICY_FILE = "policy.toml"
+DEID_TABLE = "deid"
 DEFAULT_EPSILON = 10.0
 DEFAULT_DELTA = 1e-5
 DEFAULT_MIN_NOISE_MULTIPLIER = 0.5
@@ -47,6 +53,7 @@ class Policy:
     min_noise_multiplier: float = DEFAULT_MIN_NOISE_MULTIPLIER
     allowed_tasks: tuple[str, ...] = field(default=("*",))
     accountant: str = "rdp"
+    deid: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not (self.epsilon > 0 and not math.isnan(self.epsilon)):
@@ -73,6 +80,8 @@ class Policy:
         document["allowed_tasks"] = list(self.allowed_tasks)
         if math.isinf(self.epsilon):
             document["epsilon"] = None  # JSON has no infinity: null means "no cap"
+        if not self.deid:
+            del document["deid"]  # a policy without [deid] reads as before it existed
         return document
 
     def to_toml(self) -> str:
@@ -89,7 +98,15 @@ class Policy:
             + _toml_line("allowed_tasks", list(self.allowed_tasks))
             + "# Accountant the budget is measured with: rdp (default), prv or gdp.\n"
             + _toml_line("accountant", self.accountant)
+            + self._deid_toml()
         )
+
+    def _deid_toml(self) -> str:
+        """The ``[deid]`` table (docs/deid.md lists its keys), or nothing when unset."""
+        if not self.deid:
+            return ""
+        return ("# De-identification of the site's data before training (docs/deid.md).\n"
+                + tomli_w.dumps({"deid": self.deid}))
 
 
 def _toml_line(key: str, value: Any) -> str:
@@ -107,10 +124,13 @@ def parse_policy(text: str, source: str = POLICY_FILE) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise PrivacyRefusal(f"{source}: unreadable policy ({exc})") from None
     known = {"epsilon", "delta", "min_noise_multiplier", "allowed_tasks", "accountant"}
-    unknown = sorted(set(document) - known)
+    unknown = sorted(set(document) - known - {DEID_TABLE})
     if unknown:
         names = ", ".join(k if k.isprintable() else repr(k) for k in unknown)  # one line
         raise PrivacyRefusal(f"{source}: unknown policy setting(s) {names}")
+    deid = document.get(DEID_TABLE, {})
+    if not isinstance(deid, dict):
+        raise PrivacyRefusal(f"{source}: [{DEID_TABLE}] must be a table, got {deid!r}")
     missing = sorted(known - set(document))
     if missing:
         raise PrivacyRefusal(f"{source}: policy lacks {', '.join(missing)}")
@@ -121,6 +141,7 @@ def parse_policy(text: str, source: str = POLICY_FILE) -> Policy:
             min_noise_multiplier=_number(document["min_noise_multiplier"], "min_noise_multiplier"),
             allowed_tasks=tuple(_task_list(document["allowed_tasks"])),
             accountant=str(document["accountant"]),
+            deid=deid,
         )
     except ConfigError as exc:
         raise PrivacyRefusal(f"{source}: {exc}") from None

@@ -13,7 +13,8 @@ format is the contract of ``fedmed.clients.app``; deployed nodes and recorded ru
 - an accepted round: ``train-loss``, ``steps``, ``device``, the ε account, the
   mechanism (``noise-multiplier``, ``sample-rate``, ``clip-norm``) and the head of the
   site's audit log (``audit-key``, ``audit-seq``, ``audit-hash``) for the coordinator
-  to witness.
+  to witness; a refusal signed in a log that still holds its witnessed head carries
+  that head too.
 
 A key is written only when its field is set; each field's key is its name with
 dashes (``train_loss`` → ``train-loss``).
@@ -38,6 +39,10 @@ from fedmed.errors import ConfigError
 
 # Fit-config key of the heads the coordinator witnessed (see the module docstring).
 WITNESSED_HEADS = "witnessed-heads"
+# Fit-config keys of a deployed node's identity, from the coordinator's registry: the site
+# its node key was provisioned for and that site's audit-key fingerprint.
+REGISTERED_SITE = "registered-site"
+REGISTERED_AUDIT_KEY = "registered-audit-key"
 
 # Fields recorded per site as its privacy summary (metrics.json ``privacy.<site>``).
 PRIVACY_FIELDS = (

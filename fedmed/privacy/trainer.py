@@ -171,6 +171,18 @@ class DPTrainer:
     Use ``trainer.wrap`` as the ``wrap`` argument of ``train_round`` and call
     :meth:`verify` afterwards: it raises if Opacus did not run exactly ``steps`` noisy
     steps at (``noise_multiplier``, ``sample_rate``) — the mechanism the ledger records.
+
+    ``secret_seed``: where the noise and the Poisson sampling draw from. DP-SGD's
+    guarantee assumes nobody who sees the update knows the noise or which examples were
+    sampled; the training loop seeds the global RNG and its loader from the round's
+    ``seed``, which the *coordinator* chooses, so with that randomness the coordinator
+    could regenerate the noise and subtract it. A node therefore passes a seed derived
+    from its own secret (``fedmed.clients.private_round``): the noise comes from a
+    generator on the model's device and the sampling from a CPU generator, both seeded
+    from it, reproducible at the site and unknown outside it. These are PyTorch's
+    Mersenne-Twister/Philox generators, not a CSPRNG stream: Opacus's ``secure_mode``
+    needs ``torchcsprng``, which has no build for this torch. ``None`` (local studies,
+    tests of the trainer alone) keeps the loop's seeded randomness.
     """
 
     noise_multiplier: float
@@ -181,6 +193,7 @@ class DPTrainer:
     grad_sample_mode: str = "auto"
     task: str = ""
     mode_used: str = ""
+    secret_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
@@ -206,6 +219,7 @@ class DPTrainer:
         if mode == "auto":
             mode = select_grad_sample_mode(model, loader.dataset, self.loss, loader.batch_size or 1)
         self.mode_used = mode
+        noise, sampling = self._secret_generators(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # secure-RNG and grad-accumulation notices
             self._engine = PrivacyEngine(accountant="rdp")
@@ -217,9 +231,23 @@ class DPTrainer:
                 max_grad_norm=self.clip_norm,
                 poisson_sampling=True,
                 grad_sample_mode=mode,
+                noise_generator=noise,
             )
+        if sampling is not None:
+            private_loader.batch_sampler.generator = sampling  # type: ignore[union-attr]
         _tolerate_empty_batches(private_optimizer)
         return private_model, private_optimizer, private_loader
+
+    def _secret_generators(
+        self, model: nn.Module
+    ) -> tuple[torch.Generator | None, torch.Generator | None]:
+        """(noise, sampling) generators seeded from ``secret_seed`` (see the class docstring)."""
+        if self.secret_seed is None:
+            return None, None
+        device = next(model.parameters()).device
+        noise = torch.Generator(device=device).manual_seed(self.secret_seed)
+        sampling = torch.Generator().manual_seed((self.secret_seed + 1) % 2**63)
+        return noise, sampling
 
     def verify(self) -> None:
         """RuntimeError unless the engine ran exactly the planned (σ, q, steps)."""
