@@ -3,12 +3,19 @@
 Two measurements, side by side in one run:
 
 1. ``deploy``: seconds per round of the same federation (default: heart, three
-   sites, the folder's settings) on Flower's Simulation Engine and deployed —
-   a real SuperLink and one SuperNode per site on loopback with TLS and node
-   authentication (:class:`fedmed.deploy.loopback.LoopbackFederation`). Per-round
-   time is the mean gap between successive aggregations recorded in the run's
-   ``metrics.json`` (:func:`fedmed.outputs.seconds_per_round`), so engine and
-   process start-up are excluded. ``--deploy-secagg`` adds a deployed SecAgg+ run.
+   sites, DP, the folder's settings) on Flower's Simulation Engine and deployed — a
+   real SuperLink and one SuperNode per site on loopback with TLS and node
+   authentication, each node with fedmed's warm ClientApp worker
+   (:class:`fedmed.deploy.loopback.LoopbackFederation`), without evaluation (only
+   after the last round) and with evaluation after every round. Per-round time is the
+   median gap between successive aggregations recorded in the run's ``metrics.json``
+   (engine and process start-up excluded). For each deployed run it prints where a
+   round's time goes: per exchange (``fit``, ``evaluate``), the coordinator's wait
+   (``rounds[].exchange_seconds``) split into the slowest node's work — pull the
+   message, load the app, run it, push the reply, from each node's task lines
+   (:class:`fedmed.deploy.warm_worker.TaskClock`) — and the rest (polling, transport,
+   SuperLink); and the coordinator's own time between exchanges.
+   ``--deploy-secagg`` adds deployed SecAgg+ runs.
 2. ``secagg``: SecAgg+ vs plain FedAvg **in simulation** (Flower's Simulation Engine,
    as the deployment issue's goal says), a 1,011,010-parameter MLP trained one local
    epoch per round at each node, at 3 and 10 nodes, with SecAgg's full graph
@@ -37,6 +44,7 @@ import json
 import logging
 import os
 import pstats
+import re
 import statistics
 import tempfile
 import time
@@ -51,7 +59,6 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow
 
-from fedmed import outputs
 from fedmed.clients.secagg import secagg_when_requested
 from fedmed.clients.site_home import SiteHome
 from fedmed.commands.deploy import deployment_settings
@@ -62,7 +69,7 @@ from fedmed.deploy.loopback import LoopbackFederation
 from fedmed.deploy.submit import submit
 from fedmed.privacy.policy import Policy
 from fedmed.server.secagg import DropoutTolerantSecAggPlus, secagg_workflow
-from fedmed.simulation import _quiet_flower, run_simulation
+from fedmed.simulation import _messages_to_log, run_simulation
 from fedmed.state import ray_temp_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,9 +79,16 @@ HEART_DATA = REPO / "fedmed" / "data" / "uci_heart"
 # --- 1. deployment vs simulation ------------------------------------------------------------
 
 
+def round_gaps(run_dir: Path) -> list[float]:
+    """Wall seconds between successive aggregations, from the run's ``metrics.json``."""
+    rounds = json.loads((run_dir / "metrics.json").read_text())["rounds"]
+    stamps = [r["aggregated_at"] for r in rounds if "aggregated_at" in r]
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
 def seconds_per_round(run_dir: Path) -> float:
-    """Wall time between successive aggregations, from the run's ``metrics.json``."""
-    return outputs.seconds_per_round(json.loads((run_dir / "metrics.json").read_text()))
+    """Median seconds per round (start-up excluded: the first round has no gap before it)."""
+    return statistics.median(round_gaps(run_dir))
 
 
 def federation_settings(args: argparse.Namespace, rounds: int) -> FederationConfig:
@@ -93,26 +107,37 @@ def lift_budget(home: Path) -> None:
     (home / "policy.toml").write_text(policy.to_toml(), encoding="utf-8")
 
 
-def simulated(args: argparse.Namespace, tmp: Path) -> float:
-    homes = tmp / "sim-homes"
+def simulated(args: argparse.Namespace, tmp: Path, evaluate_every: int) -> float:
+    homes = tmp / f"sim-homes-{evaluate_every}"
     for site in args.sites:
         SiteHome.open(homes / site, site, "heart")
         lift_budget(homes / site)
     config = dataclasses.replace(
         federation_settings(args, args.sim_rounds),
-        run_dir=str(tmp / "sim-run"),
+        run_dir=str(tmp / f"sim-run-{evaluate_every}"),
         sites_home=str(homes),
         secagg=False,
+        evaluate_every=evaluate_every,
     )
     return seconds_per_round(run_simulation(config))
 
 
-def deployed(args: argparse.Namespace, tmp: Path, secagg: bool) -> float:
-    name = f"deploy-{'secagg' if secagg else 'plain'}"
+@dataclasses.dataclass
+class Deployed:
+    """A finished deployed run: its run directory and its nodes' logs."""
+
+    run_dir: Path
+    node_logs: dict[str, Path]
+
+
+def deployed(args: argparse.Namespace, tmp: Path, secagg: bool, evaluate_every: int) -> Deployed:
+    name = f"deploy-{'secagg' if secagg else 'plain'}-{evaluate_every}"
     with LoopbackFederation(tmp / name, "heart", args.sites, HEART_DATA) as federation:
         for node in federation.nodes.values():  # homes were created from the kits at start
             lift_budget(node.site_home)
-        config = dataclasses.replace(federation_settings(args, args.rounds), secagg=secagg)
+        config = dataclasses.replace(
+            federation_settings(args, args.rounds), secagg=secagg, evaluate_every=evaluate_every
+        )
         settings = deployment_settings(config, Path(name), name)
         outcome = submit(
             args.federation, settings, federation.address, find_ca_cert(federation.kits), name
@@ -120,20 +145,95 @@ def deployed(args: argparse.Namespace, tmp: Path, secagg: bool) -> float:
         if not outcome.status.endswith("completed"):
             raise RuntimeError(f"deployed run {outcome.run_id}: {outcome.status}")
         assert federation.coordinator is not None
-        return seconds_per_round(federation.coordinator.layout.root / name)
+        logs = {site: node.layout.log for site, node in federation.nodes.items()}
+        return Deployed(federation.coordinator.layout.root / name, logs)
+
+
+TASK_LINE = re.compile(r"fedmed task (\S+) round=(\S+) status=\S+ (.*)$")
+
+
+def node_steps(logs: dict[str, Path]) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """{(message type, round): {site: {step: seconds}}} from the warm workers' task lines
+    (:class:`fedmed.deploy.warm_worker.TaskClock`), SecAgg+'s several tasks a round summed."""
+    found: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for site, log_path in logs.items():
+        for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            match = TASK_LINE.search(line)
+            if not match:
+                continue
+            kind, group, timings = match.groups()
+            steps = found.setdefault((kind, group), {}).setdefault(site, {})
+            for pair in timings.split():
+                step, seconds = pair.split("=")
+                steps[step] = steps.get(step, 0.0) + float(seconds)
+    return found
+
+
+def exchange_breakdown(exchange: str, waits: dict[int, float],
+                       steps: dict[str, dict[str, float]] | None) -> str:
+    """One exchange's median wait, split into the slowest node's steps and the rest."""
+    median_wait = statistics.median(waits.values())
+    if not steps:
+        return f"  {exchange} exchange: median {median_wait:.2f} s"
+    at_node = {n: statistics.median([s.get(n, 0.0) for s in steps.values()])
+               for n in sorted({n for s in steps.values() for n in s})}
+    parts = ", ".join(f"{n} {v:.2f}" for n, v in at_node.items())
+    node_total = sum(at_node.values())
+    return (f"  {exchange} exchange: median {median_wait:.2f} s = slowest node "
+            f"{node_total:.2f} s ({parts}) + {median_wait - node_total:.2f} s polling, "
+            "transport and SuperLink")
+
+
+def print_breakdown(label: str, run: Deployed) -> float:
+    """Median round and, per exchange, where its time went; returns the median round.
+
+    The gap between two aggregations is the previous round's evaluation (when it had
+    one), this round's fit exchange and the coordinator's own work around them. The last
+    round's evaluation also writes each site's explanations of the final model: left out.
+    """
+    rounds = json.loads((run.run_dir / "metrics.json").read_text())["rounds"]
+    last = rounds[-1]["round"]
+    waits = {kind: {r["round"]: r["exchange_seconds"][kind] for r in rounds
+                    if kind in r.get("exchange_seconds", {})} for kind in ("fit", "evaluate")}
+    gaps = round_gaps(run.run_dir)
+    median_round = statistics.median(gaps)
+    print(f"{label}: median {median_round:.2f} s/round (min {min(gaps):.2f}, max "
+          f"{max(gaps):.2f}; {len(gaps)} rounds after the first)", flush=True)
+    tasks = node_steps(run.node_logs)
+    for exchange, message_type in (("fit", "train"), ("evaluate", "evaluate")):
+        timed = {r: w for r, w in waits[exchange].items() if r > 1 and r != last}
+        if not timed:
+            continue
+        slowest = {}  # per round, the node whose work took longest: the exchange waits on it
+        for r in timed:
+            per_site = tasks.get((message_type, str(r)), {})
+            if per_site:
+                slowest[r] = max(per_site.values(), key=lambda s: sum(s.values()))
+        print(exchange_breakdown(exchange, timed, slowest), flush=True)
+    own = [gap - waits["fit"].get(r, 0.0) - waits["evaluate"].get(r - 1, 0.0)
+           for r, gap in zip(range(2, last + 1), gaps, strict=False)]
+    print(f"  coordinator between exchanges (aggregate, checkpoint, audit, report): median "
+          f"{statistics.median(own):.2f} s", flush=True)
+    return median_round
 
 
 def part_deploy(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        sim = simulated(args, Path(tmp))
-        print(f"simulation, {len(args.sites)} sites: {sim:.2f} s/round", flush=True)
-        plain = deployed(args, Path(tmp), secagg=False)
-        print(f"deployment (TLS, node auth), plain: {plain:.2f} s/round", flush=True)
-        print(f"ratio deployment/simulation: {plain / sim:.1f}x", flush=True)
-        if args.deploy_secagg:
-            secure = deployed(args, Path(tmp), secagg=True)
-            print(f"deployment with SecAgg+: {secure:.2f} s/round", flush=True)
-            print(f"ratio deployed SecAgg+/plain: {secure / plain:.2f}x", flush=True)
+        for evaluate_every, label in ((0, "no evaluation"), (1, "evaluation every round")):
+            sim = simulated(args, Path(tmp), evaluate_every)
+            print(f"simulation, {len(args.sites)} sites, {label}: {sim:.2f} s/round", flush=True)
+            plain = print_breakdown(
+                f"deployed (TLS, node auth, DP), {label}, plain",
+                deployed(args, Path(tmp), False, evaluate_every),
+            )
+            print(f"ratio deployment/simulation, {label}: {plain / sim:.1f}x", flush=True)
+            if args.deploy_secagg:
+                secure = print_breakdown(
+                    f"deployed, {label}, SecAgg+",
+                    deployed(args, Path(tmp), True, evaluate_every),
+                )
+                print(f"ratio deployed SecAgg+/plain, {label}: {secure / plain:.2f}x",
+                      flush=True)
 
 
 # --- 2. SecAgg+ vs plain in simulation, 1M parameters ---------------------------------------
@@ -271,7 +371,7 @@ def mlp_run(
         ).to_client(),
         mods=[mod],
     )
-    with _quiet_flower():
+    with _messages_to_log(Path(os.devnull)):  # the console: the bench's figures only
         flower_simulation(
             server_app=server,
             client_app=client,

@@ -9,7 +9,9 @@ per-round checkpoints to the run directory and signs each round into the
 coordinator's audit log (``<run dir>/audit/coordinator.jsonl``, key in the
 coordinator home: ``coordinator-home`` or ``<state>/coordinator``) and keeps the
 federation's witness record there too (the last audit-log head of each site,
-:mod:`fedmed.server.witness`, sent back to the sites every round); the final
+:mod:`fedmed.server.witness`, sent back to the sites every round) — a deployed run
+(``registered-sites``) names each node by its registered site, from the coordinator
+home's ``identities.json`` (:mod:`fedmed.server.identities`); the final
 model is saved as ``model.pt`` and the run's report for people as ``report.md``
 (:mod:`fedmed.server.run_report`: scores, plots, and where each site holds its
 explanations of the final model — those files never leave the sites).
@@ -22,7 +24,11 @@ With ``secagg = true`` the fit step is Flower's SecAgg+ workflow
 (:func:`fedmed.server.secagg.secagg_workflow`); updates are screened before
 aggregation (``max-update-norm``, :mod:`fedmed.server.validation`). A run directory
 that already holds checkpoints of the same run is resumed from the last one
-(:mod:`fedmed.server.resume`). The run ends with one ``FEDMED-RESULT`` log line that
+(:mod:`fedmed.server.resume`). ``metrics.json``'s ``status`` is ``running`` while the
+ServerApp runs and then how it ended (``completed``, ``stopped: …``); a deployed run is also
+indexed in the coordinator home (:mod:`fedmed.server.run_index`), so a run whose ServerApp
+was killed before it could write its end is told apart from a live one
+(:mod:`fedmed.deploy.runs`). The run ends with one ``FEDMED-RESULT`` log line that
 ``fedmed run --coordinator`` reads on the submitting machine.
 """
 
@@ -39,6 +45,7 @@ import torch
 from flwr.common import Context, Scalar, ndarrays_to_parameters
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
+from flwr.superlink.grid import http_grid
 
 import fedmed
 from fedmed.audit import AuditLog
@@ -49,9 +56,12 @@ from fedmed.outputs import RunDirectory
 from fedmed.plots import plot_run
 from fedmed.privacy.job import DPJob
 from fedmed.server import progress
+from fedmed.server.identities import IDENTITIES_FILE, NodeIdentities
+from fedmed.server.object_pulls import prompt_object_pulls
 from fedmed.server.polling_grid import PollingGrid
 from fedmed.server.recording import RecordingStrategy
 from fedmed.server.resume import ResumePoint, RoundOffset, find_resume_point
+from fedmed.server.run_index import record_run
 from fedmed.server.run_report import REPORT_FILE, write_markdown_report
 from fedmed.server.secagg import secagg_workflow
 from fedmed.server.strategies import build_strategy
@@ -120,6 +130,14 @@ def witness_record(config: FederationConfig) -> WitnessRecord:
     return WitnessRecord.load(path, config.federation)
 
 
+def node_identities(config: FederationConfig) -> NodeIdentities | None:
+    """Deployed runs: the coordinator home's registry of node identities (ConfigError if it
+    is missing — a deployed run never takes a site's name from the node); None in simulation."""
+    if not config.registered_sites:
+        return None
+    return NodeIdentities.load(coordinator_home_path(config.coordinator_home) / IDENTITIES_FILE)
+
+
 def open_run(
     root: Path, config: FederationConfig, sites: list[str], pack: TaskPack
 ) -> tuple[RunDirectory, ResumePoint | None]:
@@ -158,14 +176,19 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
     sites = config.site_list(pack.site_names())
     model = initial_model(config, pack)
     root = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    if config.registered_sites:  # before the directory is touched: see run_index
+        record_run(coordinator_home_path(config.coordinator_home), str(context.run_id), root)
     run_dir, resumed = open_run(root, config, sites, pack)
+    mark_running(run_dir)
     audit = coordinator_audit(config, run_dir.root)
     start_or_resume(audit, run_dir, config, sites, model, resumed)
     done = resumed.round if resumed is not None else 0
     recorder = recording_strategy(config, pack, len(sites), model, run_dir, audit, resumed)
     legacy_context = LegacyContext(
         context=context,
-        config=ServerConfig(num_rounds=config.num_server_rounds - done),
+        config=ServerConfig(
+            num_rounds=config.num_server_rounds - done, round_timeout=config.round_timeout or None
+        ),
         strategy=RoundOffset(recorder, done) if done else recorder,
     )
     status = "failed"
@@ -178,6 +201,16 @@ def run_coordinator(grid: Grid, context: Context, config: FederationConfig) -> P
     finally:
         finish_run(run_dir, audit, recorder, model, status, pack)
     return run_dir.root
+
+
+def mark_running(run_dir: RunDirectory) -> None:
+    """Say in ``metrics.json`` that the run is under way (``status``, until :func:`finish_run`
+    writes how it ended). A ServerApp killed outright never reaches ``finish_run``; a
+    deployed run is therefore also indexed in the coordinator home under its Flower run id
+    and ServerApp process (:mod:`fedmed.server.run_index`), by which ``fedmed coordinator
+    status`` and the coordinator tell such a run from a live one."""
+    run_dir.document["status"] = "running"
+    run_dir.flush()
 
 
 def initial_model(config: FederationConfig, pack: TaskPack) -> torch.nn.Module:
@@ -263,6 +296,7 @@ def recording_strategy(
         participation=resumed.participation() if resumed is not None else None,
         evaluate_every=config.evaluate_every,
         witness=witness_record(config),
+        identities=node_identities(config),
     )
 
 
@@ -277,6 +311,8 @@ def finish_run(
     """Save what the run reached, however it ended: the last global model, plots, the
     report, a signed ``run-end`` entry and the ``FEDMED-RESULT`` line that ``fedmed run
     --coordinator`` reads. Runs in a ``finally``: a stopped run keeps its results."""
+    run_dir.document["status"] = status
+    run_dir.flush()
     if recorder.latest_weights is not None:
         set_weights(model, recorder.latest_weights)
         torch.save(model.state_dict(), run_dir.root / "model.pt")
@@ -347,6 +383,7 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         config = FederationConfig.from_run_config({**context.run_config, **extra})
+        prompt_object_pulls(http_grid)  # a deployed run's replies: see object_pulls
         grid = PollingGrid(grid, aborted)  # type: ignore[assignment]
         run_coordinator(grid, context, config)
 

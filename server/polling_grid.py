@@ -6,7 +6,7 @@ Flower 1.42's grids make the coordinator wait in two ways fedmed cannot accept:
   in between, so every exchange ends up to 3 s after its last reply — paid twice per
   plain round (train, evaluate) and five times with SecAgg+ (four stages, evaluate).
   Each pull is one request to the SuperLink on the coordinator's own machine, cheap next
-  to a round, so this pulls after 50 ms and backs off (×1.5) to one pull every 0.5 s.
+  to a round, so this pulls after 50 ms and backs off (×1.5) to one pull every 0.2 s.
 - Embedded in ``fedmed run``, the in-memory grid polls until every node answered and
   the legacy workflow sets no timeout. If the Ray backend dies (measured here: a Ray
   socket path over Linux's 107-byte limit), no reply ever comes: ``run_simulation``
@@ -27,7 +27,7 @@ from flwr.server import Grid
 
 FIRST_POLL_SECONDS = 0.05
 POLL_BACKOFF = 1.5
-MAX_POLL_SECONDS = 0.5  # deployed: a pull is a request to the SuperLink
+MAX_POLL_SECONDS = 0.2  # deployed: a pull is a request to the SuperLink
 MAX_SIMULATION_POLL_SECONDS = 0.1  # embedded: rounds of a few tenths of a second
 
 

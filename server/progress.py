@@ -48,8 +48,9 @@ def result_line(summary: Mapping[str, Any]) -> None:
 
     A deployed ServerApp's log is what ``flwr log`` streams to the submitter, who may
     be on another machine than the run directory; this line carries the per-site
-    table there. Flower's logger is quiet in embedded simulation (fedmed.simulation),
-    so the line never clutters a local run's console.
+    table there. In embedded simulation Flower's console shows errors only and its log goes
+    to the run's ``simulation.log`` (fedmed.simulation), so the line lands there, never on
+    a local run's console.
     """
     log(INFO, "%s%s", RESULT_MARKER, json.dumps(json_safe(dict(summary)), separators=(",", ":")))
 
@@ -57,15 +58,22 @@ def result_line(summary: Mapping[str, Any]) -> None:
 def results_table(
     title: str, per_site: Mapping[str, Mapping[str, float]], mean: Mapping[str, float]
 ) -> Table:
-    """Per-site results with the mean as the last row."""
+    """Per-site results with the mean as the last row.
+
+    A score read back from metrics.json may be ``None``: JSON has no NaN, and a site whose
+    test split holds one class has no AUC (many small sites, ``rhdnase``); it prints "nan".
+    """
     metrics = sorted({m for scores in per_site.values() for m in scores})
     table = Table(title=title)
     table.add_column("site")
     for metric in metrics:
         table.add_column(metric, justify="right")
     for site, scores in sorted(per_site.items()):
-        table.add_row(site, *(f"{scores.get(m, float('nan')):.3f}" for m in metrics))
-    table.add_row(
-        "[bold]mean[/bold]", *(f"[bold]{mean.get(m, float('nan')):.3f}[/bold]" for m in metrics)
-    )
+        table.add_row(site, *(_score(scores.get(m)) for m in metrics))
+    table.add_row("[bold]mean[/bold]", *(f"[bold]{_score(mean.get(m))}[/bold]" for m in metrics))
     return table
+
+
+def _score(value: float | None) -> str:
+    """A table cell: three decimals; an absent or null (NaN in JSON) score is "nan"."""
+    return "nan" if value is None else f"{value:.3f}"

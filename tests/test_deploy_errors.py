@@ -111,3 +111,13 @@ def test_errors_are_one_line_on_the_command_line(
     assert code == 2
     assert err.startswith("fedmed: error: coordinator unreachable") and "\n" not in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("poll", ["0", "5", "soon", "nan"])
+def test_an_idle_pause_out_of_range_is_a_usage_error(
+    poll: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["node", "start", "--kit", "kit", "--data", "data", "--poll", poll])
+    assert exited.value.code == 2
+    assert "--poll" in capsys.readouterr().err

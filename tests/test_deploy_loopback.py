@@ -9,7 +9,8 @@ Time is the constraint: Flower starts one ClientApp process per message (four pe
 SecAgg+ round, plus one per evaluation), so a deployed round costs tens of seconds on
 the 2-core CI machine. ``make test`` therefore runs the acceptance run only — two
 rounds with SecAgg+ and DP over TLS with node authentication. The poisoned update, the
-dropout and the coordinator restart run when ``FEDMED_DEPLOY_SLOW=1``
+dropout, the coordinator restart and a node whose kit claims another site run when
+``FEDMED_DEPLOY_SLOW=1``
 (``make test-deploy``, which ``.ci/run`` runs after ``make test``); the coordinator's
 rejection logic is also covered in-process by tests/test_deploy_validation.py and
 resume bookkeeping by tests/test_deploy_resume.py.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -99,6 +101,14 @@ def test_two_rounds_with_secagg_and_dp_over_tls(
         assert ledger_rounds(federation, site, metrics["run-id"]) == [1, 2]
     rounds = [e for e in audit_kinds(run_dir) if e["kind"] == "round"]
     assert [e["payload"]["joined"] for e in rounds] == [SITES, SITES]
+    # Each node ran its ClientApps in its warm worker (fedmed.deploy.warm_worker), not in a
+    # fresh flwr-clientapp process per message; the coordinator timed each exchange.
+    for site in SITES:
+        log = federation.nodes[site].layout.log.read_text(encoding="utf-8")
+        assert "fedmed warm worker ready" in log
+        for server_round in (1, 2):  # SecAgg+'s four stages are four train tasks a round
+            assert log.count(f"fedmed task train round={server_round} status=completed") == 4
+    assert all(r["exchange_seconds"]["fit"] > 0 for r in metrics["rounds"])
 
 
 @pytest.fixture
@@ -125,6 +135,40 @@ def test_a_poisoned_update_is_rejected_and_the_round_goes_on(whole: LoopbackFede
     (round_entry,) = [e["payload"] for e in entries if e["kind"] == "round"]
     assert round_entry["joined"] == ["cleveland", "hungary"]
     assert sorted(metrics["final"]["per_site"]) == SITES  # everyone still evaluates
+
+
+@slow
+@pytest.mark.timeout(900)
+def test_a_node_claiming_another_site_is_refused_on_both_sides(
+    whole: LoopbackFederation,
+) -> None:
+    """Hole 1 of issue 13: switzerland's kit, its kit.toml edited to say cleveland."""
+    kit = whole.root / "impostor-kit"
+    shutil.copytree(whole.kits / "sites" / "switzerland", kit)
+    text = (kit / "kit.toml").read_text()
+    assert 'site = "switzerland"' in text
+    (kit / "kit.toml").write_text(text.replace('site = "switzerland"', 'site = "cleveland"'))
+    whole.stop_node("switzerland")
+    impostor = whole.node("switzerland", kit=kit, home="impostor")
+    with impostor:
+        impostor.start()
+        args = ("--rounds", "1", "--set", "secagg=false", "--set", "evaluate-every=0")
+        assert main(run_args(whole, HEART, "runs/impostor", *args)) == 0
+    run_dir = coordinator_run_dir(whole, "runs/impostor")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (event,) = [e for e in metrics["rounds"][0]["events"] if e["kind"] == "identity-mismatch"]
+    assert event["site"] == "switzerland"
+    assert "registered to switzerland but replied as cleveland" in event["reason"]
+    entries = audit_kinds(run_dir)
+    assert [e["payload"]["site"] for e in entries if e["kind"] == "identity-mismatch"] == [
+        "switzerland"]
+    (round_entry,) = [e["payload"] for e in entries if e["kind"] == "round"]
+    assert round_entry["joined"] == ["cleveland", "hungary"]
+    home = whole.root / "site-homes" / "impostor"  # the node signed its refusal too
+    refusals = [json.loads(line)["payload"] for line in (home / "audit.jsonl").open()
+                if json.loads(line)["kind"] == "refusal"]  # fmt: skip
+    assert len(refusals) == 1 and "registered to site 'switzerland'" in refusals[0]["reason"]
+    assert json.loads((home / "ledger.json").read_text())["releases"] == []
 
 
 def submitter(federation: LoopbackFederation, out: str, *extra: str) -> ChildProcess:
@@ -157,7 +201,9 @@ def test_a_node_killed_mid_round_does_not_stop_the_run_and_can_rejoin(
     node = whole.nodes["switzerland"].process
     assert node is not None
     mark = node.seen
-    run = submitter(whole, "runs/dropout", "--rounds", "3", "--set", "evaluate-every=0")
+    # Enough rounds for the restarted node to be back before the run ends: with warm
+    # workers a SecAgg+ round takes seconds, less than a node's start.
+    run = submitter(whole, "runs/dropout", "--rounds", "10", "--set", "evaluate-every=0")
     run_dir = coordinator_run_dir(whole, "runs/dropout")
     try:
         # Its second reply of the run answers round 1's share-keys stage: from then on the
@@ -176,7 +222,7 @@ def test_a_node_killed_mid_round_does_not_stop_the_run_and_can_rejoin(
     joined = [e["payload"]["joined"] for e in audit_kinds(run_dir) if e["kind"] == "round"]
     assert joined[0] == ["cleveland", "hungary"]  # round 1 went on without it
     assert SITES in joined[1:]  # and it was back for a later round
-    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+    assert [r["round"] for r in metrics["rounds"]] == list(range(1, 11))
 
 
 @slow

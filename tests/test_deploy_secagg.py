@@ -29,13 +29,21 @@ def _final_weights(run_dir: Path) -> list[np.ndarray]:
 
 @pytest.mark.timeout(240)
 def test_fedavg_with_and_without_secagg_agree(repo: Path, tmp_path: Path) -> None:
-    """Same seed, fresh site homes: only SecAgg+'s quantization (2^22 levels) differs."""
+    """Same seed, fresh site homes: only SecAgg+'s quantization (2^22 levels) differs.
+
+    Without DP: each site draws DP noise from its own secret and the run's id, so two DP
+    runs differ by their noise; the sites' policies allow a no-DP job (budget unbounded)."""
     runs = {}
     for secagg in ("false", "true"):
         out = tmp_path / f"secagg-{secagg}"
+        homes = tmp_path / f"homes-{secagg}"
+        for site in SITES.split(","):
+            assert main(["site", "init", "--site-home", str(homes / site), "--site", site,
+                         "--task", "heart", "--epsilon", "inf",
+                         "--min-noise-multiplier", "0"]) == 0  # fmt: skip
         args = [
             "run", str(repo / "examples" / "heart"), "--rounds", "1", "--out", str(out),
-            "--sites-home", str(tmp_path / f"homes-{secagg}"),
+            "--sites-home", str(homes), "--set", "dp=false",
             "--set", f"sites={SITES}", "--set", f"secagg={secagg}",
         ]  # fmt: skip
         assert main(args) == 0

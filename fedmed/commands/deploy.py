@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from fedmed.commands.federation import federation_config, privacy_table
 from fedmed.config import ConfigValue, FederationConfig, load_federation
-from fedmed.deploy.errors import DeployError, ProcessFailed
+from fedmed.deploy.errors import CoordinatorUnreachable, DeployError, ProcessFailed
 from fedmed.deploy.kit import (
     find_ca_cert,
     load_coordinator_kit,
@@ -27,7 +29,14 @@ from fedmed.deploy.kit import (
 )
 from fedmed.deploy.node import DEFAULT_RUNTIME_PORT
 from fedmed.deploy.processes import sigterm_interrupts
+from fedmed.deploy.supernode_entry import DEFAULT_POLL_SECONDS
+from fedmed.errors import FedmedError
+from fedmed.outputs import format_epsilon
 from fedmed.state import site_home_path, state_root
+
+if TYPE_CHECKING:
+    from fedmed.deploy.coordinator import Coordinator
+    from fedmed.deploy.runs import FlowerView, RunState, SiteState
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -109,8 +118,8 @@ def cmd_coordinator_start(args: argparse.Namespace) -> int:
                    if reconciled.unregistered else "")
             )
             console.print(f"state {coordinator.layout.root}; log {coordinator.layout.log}")
-            while coordinator.process.running():
-                time.sleep(0.5)
+            _print_interrupted(coordinator.interrupted)
+            watch_runs(coordinator)
             raise ProcessFailed(coordinator.failure_message("stopped", 0))
         except KeyboardInterrupt:
             console.print("coordinator stopping …")
@@ -118,6 +127,33 @@ def cmd_coordinator_start(args: argparse.Namespace) -> int:
             coordinator.stop()
     console.print("coordinator stopped")
     return 0
+
+
+def watch_runs(coordinator: Coordinator) -> None:
+    """Wait while the SuperLink runs; every few seconds, record the end of a run whose
+    ServerApp died without writing it (one ``/proc`` read per live run; see
+    :mod:`fedmed.deploy.runs`). A failed check is shown, never fatal to the coordinator."""
+    from fedmed.deploy.runs import RECONCILE_SECONDS
+
+    assert coordinator.process is not None
+    next_check = time.monotonic() + RECONCILE_SECONDS
+    while coordinator.process.running():
+        time.sleep(0.5)
+        if time.monotonic() >= next_check:
+            next_check = time.monotonic() + RECONCILE_SECONDS
+            try:
+                _print_interrupted(coordinator.reconcile_runs(ask_when_unsure=False))
+            except (FedmedError, OSError) as exc:
+                console.print(f"[yellow]could not check the runs[/yellow]: {exc}")
+
+
+def _print_interrupted(runs: list[RunState]) -> None:
+    for run in runs:
+        console.print(
+            f"[yellow]run {run.run_id or run.run_dir} (Flower run {run.flower_run})[/yellow] "
+            f"recorded as {run.status}; after round {run.last_round}. Submit it again with "
+            f"--out {run.run_dir} to resume it"
+        )
 
 
 def cmd_coordinator_register(args: argparse.Namespace) -> int:
@@ -138,6 +174,93 @@ def cmd_coordinator_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def coordinator_home(args: argparse.Namespace) -> Path:
+    """The state folder ``coordinator status`` reads: ``--home``; else the default of
+    ``coordinator start --kit`` for ``--kit``; else the one coordinator folder under
+    ``<state>/deploy``. DeployError when that is not a coordinator's state folder."""
+    if args.home:
+        home = Path(args.home)
+    elif args.kit:
+        federation = load_coordinator_kit(args.kit).federation
+        home = _coordinator_state(argparse.Namespace(state=None), federation)
+    else:
+        folder = state_root() / "deploy"
+        found = sorted(folder.glob("coordinator-*"))
+        if len(found) != 1:
+            names = ", ".join(f.name for f in found) or "none"
+            raise DeployError(
+                f"{len(found)} coordinator state folders in {folder} ({names}); pass --home "
+                "DIR (the --state of fedmed coordinator start)"
+            )
+        home = found[0]
+    home = home.resolve()
+    from fedmed.deploy.coordinator import CoordinatorLayout
+
+    layout = CoordinatorLayout(home)
+    if not (layout.flwr_home / "config.toml").is_file() or not layout.database.exists():
+        raise DeployError(
+            f"{home} is not a coordinator's state folder (no flwr/config.toml and superlink.db "
+            "written by fedmed coordinator start); pass --home DIR, the coordinator's --state"
+        )
+    return home
+
+
+def cmd_coordinator_status(args: argparse.Namespace) -> int:
+    """``fedmed coordinator status``: runs, sites, last round and ε per site; exit 2 (after
+    showing what the files say) when the coordinator does not answer."""
+    from fedmed.deploy.flwr_cli import Connection
+    from fedmed.deploy.runs import as_json, ask_flower, run_states, site_states
+
+    home = coordinator_home(args)
+    connection = Connection.read(home / "flwr")
+    flower = ask_flower(connection)
+    runs, sites = run_states(home, flower), site_states(home, flower)
+    if args.json:
+        print(json.dumps(as_json(home, flower, runs, sites), indent=2))
+    else:
+        print_status(home, connection.address, flower, runs, sites)
+    if not flower.reachable:
+        raise CoordinatorUnreachable(
+            f"the coordinator at {connection.address} did not answer ({flower.error}); "
+            "what is shown is what its files say"
+        )
+    return 0
+
+
+def print_status(
+    home: Path, address: str, flower: FlowerView, runs: list[RunState], sites: list[SiteState]
+) -> None:
+    """The status for people: a line per run and per site (whole ids, any terminal width)."""
+    from fedmed.deploy.runs import flower_only_runs
+
+    said = "answers" if flower.reachable else f"[red]does not answer[/red] ({flower.error})"
+    console.print(f"[bold]coordinator[/bold] {home}: SuperLink at {address} {said}")
+    if not flower.reachable:
+        console.print("[yellow]Runs and sites below: what the files say.[/yellow]")
+    others = flower_only_runs(runs, flower) if flower.reachable else []
+    console.print(f"runs ({len(runs) + len(others)}):" if runs or others else "runs: none")
+    for run in runs:
+        earlier = ", ".join(run.earlier_flower_runs)
+        earlier = f" (before: {earlier})" if earlier else ""
+        status = run.status if run.recorded else f"{run.status} (not yet recorded)"
+        epsilon = ", ".join(f"{site} {format_epsilon(e)}" for site, e in run.epsilon.items())
+        console.print(
+            f"  {_relative(Path(run.run_dir), home)} — Flower run {run.flower_run}{earlier}: "
+            f"Flower {run.flower_status or '?'}, fedmed {status}; round {run.last_round} of "
+            f"{run.rounds}; ε {epsilon or '-'}"
+        )
+    for other in others:
+        console.print(f"  (no run directory) — Flower run {other['run-id']}: {other['status']}")
+    console.print(f"sites ({len(sites)}):" if sites else "sites: none registered")
+    for site in sites:
+        since = f" since {site.since}" if site.since else ""
+        console.print(f"  {site.site} — node {site.node_id or '?'}: {site.status or '?'}{since}")
+
+
+def _relative(path: Path, home: Path) -> str:
+    return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
+
+
 # --- node -----------------------------------------------------------------------------------
 
 
@@ -151,7 +274,9 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     state = Path(args.state) if args.state else state_root() / "deploy" / f"node-{kit.site}"
     home = args.site_home or site_home_path(kit.federation, kit.site)
     with sigterm_interrupts():
-        node = Node(kit, args.data, home, address, state, args.port, _echo(args.quiet))
+        node = Node(
+            kit, args.data, home, address, state, args.port, _echo(args.quiet), args.poll
+        )
         try:
             node_id = node.start(timeout=args.wait)
             assert node.process is not None
@@ -195,6 +320,7 @@ def deployment_settings(
     settings["run-dir"] = str(out) if out else f"runs/{name}"
     settings["sites-home"] = ""  # each node's site home comes from its node config
     settings["coordinator-home"] = ""  # the coordinator's state folder decides
+    settings["registered-sites"] = True  # sites named by their registered node keys
     return settings
 
 
@@ -305,6 +431,24 @@ def _register_coordinator(subparsers: argparse._SubParsersAction) -> None:
     register_nodes = commands.add_parser(
         "register", help="register new / unregister retired node keys on a running coordinator"
     )
+    status = commands.add_parser(
+        "status",
+        help="runs, connected sites, last round and ε per site of a coordinator",
+        description="Show a coordinator's runs (Flower run id, run directory, status from "
+        "Flower and from the run's metrics.json — a run whose ServerApp died shows as "
+        "interrupted, never running), its registered sites (online or offline, and since "
+        "when), and per run the last completed round and the ε each site spent. Reads the "
+        "state folder and asks the SuperLink through Flower's CLI; when the SuperLink does "
+        "not answer, shows what the files say and exits 2.",
+    )
+    status.add_argument(
+        "--home", "--state", dest="home", type=Path, metavar="DIR",
+        help="the coordinator's state folder (its --state; default: the one under "
+        ".fedmed/deploy, or the default for --kit)",
+    )  # fmt: skip
+    status.add_argument("--kit", type=Path, help="the coordinator/ kit (to find the default home)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    status.set_defaults(func=cmd_coordinator_status)
     for sub in (start, register_nodes):
         _add_coordinator_kit_options(sub)
     start.add_argument("--quiet", action="store_true", help="log to the state folder only")
@@ -353,5 +497,24 @@ def _register_node(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument(
         "--wait", type=float, default=60.0, help="seconds to wait for the coordinator's accept"
     )
+    start.add_argument(
+        "--poll",
+        type=_poll_seconds,
+        default=DEFAULT_POLL_SECONDS,
+        metavar="SECONDS",
+        help=f"longest pause of an idle node between looks for work (default "
+        f"{DEFAULT_POLL_SECONDS:g}; Flower's own is 3 s; raise it for many nodes or slow links)",
+    )
     start.add_argument("--quiet", action="store_true", help="log to the state folder only")
     start.set_defaults(func=cmd_node_start)
+
+
+def _poll_seconds(text: str) -> float:
+    """A finite pause from 0.01 to 3 s (Flower's own idle pause is the most it makes sense)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.01 <= value <= 3.0:
+        raise argparse.ArgumentTypeError(f"must be from 0.01 to 3 seconds, got {text}")
+    return value

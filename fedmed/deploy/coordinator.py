@@ -15,6 +15,10 @@ The SuperLink runs with ``FEDMED_STATE=<state>`` and ``<state>`` as its working
 directory, and its ServerApp processes inherit both: run directories land in
 ``<state>/runs`` and the coordinator's audit key is ``<state>/coordinator/keys``
 (copied from the kit on first start).
+
+Once the SuperLink serves, runs that a killed ServerApp left "running" in their
+``metrics.json`` are recorded as interrupted (:mod:`fedmed.deploy.runs`); ``fedmed
+coordinator start`` repeats that check every few seconds while it runs.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from fedmed.deploy.kit import CoordinatorKit
 from fedmed.deploy.pki import split_address
 from fedmed.deploy.processes import ChildProcess, flower_command, port_free, service_env
 from fedmed.deploy.registry import Reconciled, reconcile
+from fedmed.deploy.runs import HOME_DIR, RunState, reconcile_runs
 
 READY = r"Uvicorn running on https?://"
 FAILURES = {
@@ -62,8 +67,14 @@ class CoordinatorLayout:
         return self.root / "logs" / "superlink.log"
 
     @property
+    def home(self) -> Path:
+        """The deployed ServerApps' coordinator home: audit key, witness records, node
+        identities, the run index (:mod:`fedmed.server.run_index`)."""
+        return self.root / HOME_DIR
+
+    @property
     def audit_keys(self) -> Path:
-        return self.root / "coordinator" / "keys"
+        return self.home / "keys"
 
     @property
     def runs(self) -> Path:
@@ -99,6 +110,17 @@ def local_address(kit: CoordinatorKit, port: int) -> str:
     return f"{split_address(kit.addresses[0])[0]}:{port}"
 
 
+def seed_coordinator_keys(kit: CoordinatorKit, keys: Path) -> None:
+    """Give the coordinator home (its ``keys`` folder) the kit's audit key, once: the key
+    the kit's trust anchors name (``fedmed audit verify --kit``). An existing key is kept."""
+    target = Path(keys) / KEY_FILE
+    source = kit.audit_keys / KEY_FILE
+    if not target.exists() and source.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copyfile(source, target)
+        target.chmod(0o600)
+
+
 class Coordinator:
     """A running SuperLink for one kit; use as a context manager so it is always stopped."""
 
@@ -114,6 +136,7 @@ class Coordinator:
         self.host, self.port = listen_address(kit, listen)
         self.echo = echo
         self.process: ChildProcess | None = None
+        self.interrupted: list[RunState] = []  # runs found interrupted at start
         self.connection = Connection(
             self.layout.flwr_home, local_address(kit, self.port), kit.ca_cert
         )
@@ -121,12 +144,7 @@ class Coordinator:
     def _prepare_state(self) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.layout.runs.mkdir(exist_ok=True)
-        target = self.layout.audit_keys / KEY_FILE
-        source = self.kit.audit_keys / KEY_FILE
-        if not target.exists() and source.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.copyfile(source, target)
-            target.chmod(0o600)
+        seed_coordinator_keys(self.kit, self.layout.audit_keys)
         self.connection.write()
 
     def argv(self) -> list[str]:
@@ -170,7 +188,15 @@ class Coordinator:
             self.stop()
             raise ProcessFailed(self.failure_message("did not start", timeout))
         self.process.remember_descendants()
-        return reconcile(self.kit, self.connection, self.layout.root)
+        registered = reconcile(self.kit, self.connection, self.layout.root)
+        self.interrupted = self.reconcile_runs()
+        return registered
+
+    def reconcile_runs(self, ask_when_unsure: bool = True) -> list[RunState]:
+        """Record the end of runs whose ServerApp died without writing it — left by the last
+        coordinator (at start) or killed while this one runs (``fedmed coordinator start``
+        calls this every few seconds): :func:`fedmed.deploy.runs.reconcile_runs`."""
+        return reconcile_runs(self.layout.root, self.connection, ask_when_unsure)
 
     def failure_message(self, what: str, timeout: float) -> str:
         assert self.process is not None

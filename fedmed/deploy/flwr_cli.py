@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,16 @@ class Connection:
         }})
         (self.home / "config.toml").write_text(config, encoding="utf-8")
         return self
+
+    @classmethod
+    def read(cls, home: Path) -> Connection:
+        """The connection a coordinator wrote into its FLWR_HOME (see :meth:`write`)."""
+        path = Path(home) / "config.toml"
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))["superlink"][CONNECTION]
+            return cls(Path(home), str(table["address"]), Path(table["root-certificates"]))
+        except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+            raise DeployError(f"{path}: no fedmed connection to a coordinator ({exc})") from None
 
     def env(self) -> dict[str, str]:
         """The environment of a ``flwr`` call: this home, no runtime installs, no colours."""

@@ -63,12 +63,13 @@ class LoopbackFederation:
         self.coordinator.start()
         return self.coordinator
 
-    def node(self, site: str, kit: Path | None = None) -> Node:
-        """A node for ``site`` (not started), with its own state, site home and port."""
+    def node(self, site: str, kit: Path | None = None, home: str | None = None) -> Node:
+        """A node for ``site`` (not started), with its own state, site home (``home``: the
+        name of another one) and port."""
         return Node(
             load_site_kit(kit or self.kits / SITES_DIR / site),
             self.data_dir,
-            self.root / "site-homes" / site,
+            self.root / "site-homes" / (home or site),
             self.address,
             self.root / f"node-{site}",
             runtime_port=self._new_port(),
