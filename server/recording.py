@@ -29,11 +29,17 @@ audit trail, and they would average a refusal like any other reply.
 - writes each site's fit and evaluation metrics and privacy summary
   (``privacy.<site>`` in metrics.json), the global weights (checkpoint) and a signed
   ``round`` entry with the model's SHA-256 and the audit-log heads the sites reported;
-- keeps the last head each site reported in the federation's witness record
-  (:mod:`fedmed.server.witness`, written as soon as the replies arrive, before any
-  aggregation or stop: the sites have already signed their releases) and adds that
-  record to every round's fit config as ``witnessed-heads`` (``{site: {seq, hash}}``,
-  JSON), so a site whose log no longer holds its witnessed head refuses the round.
+- keeps the last head each site reported — of a release or of a signed refusal — in
+  the federation's witness record (:mod:`fedmed.server.witness`, written as soon as the
+  replies arrive, before any aggregation or stop: the sites have already signed) and
+  adds that record to every round's fit config as ``witnessed-heads`` (``{site: {seq,
+  hash}}``, JSON), so a site whose log no longer holds its witnessed head refuses the
+  round. An accepted reply whose head contradicts the record (another audit key, or a
+  log that went back) is rejected, not witnessed;
+- deployed (``identities``, :mod:`fedmed.server.identities`): names every reply by the
+  site its node key was registered for, tells each node that site and its audit key,
+  and drops a reply from an unknown node or naming another site or audit key — an
+  ``identity-mismatch`` event, signed entry and console note.
 
 It never changes what it lets through, so FedAvg stays FedAvg.
 """
@@ -41,6 +47,7 @@ It never changes what it lets through, so FedAvg stays FedAvg.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -64,6 +71,7 @@ from fedmed.explain import outcome as explanations
 from fedmed.outputs import RunDirectory
 from fedmed.privacy.reply import FitReply
 from fedmed.server import progress
+from fedmed.server.identities import NodeIdentities
 from fedmed.server.validation import check_update, screen_results
 from fedmed.server.witness import WitnessRecord
 from fedmed.tasks.base import fingerprint_arrays
@@ -138,6 +146,7 @@ class RecordingStrategy(Strategy):
         participation: Mapping[str, Mapping[str, int]] | None = None,
         evaluate_every: int = 1,
         witness: WitnessRecord | None = None,
+        identities: NodeIdentities | None = None,
     ) -> None:
         self.inner = inner
         self.run_dir = run_dir
@@ -149,8 +158,10 @@ class RecordingStrategy(Strategy):
         self.secure = secure
         self.evaluate_every = evaluate_every
         self.witness = witness
+        self.identities = identities
         self.latest_weights: list[np.ndarray] | None = None
         self.sent_weights: list[np.ndarray] | None = None
+        self._asked_at: float | None = None  # when the current exchange's instructions left
         self.participation: dict[str, dict[str, int]] = {
             site: dict(counts) for site, counts in (participation or {}).items()
         }
@@ -170,40 +181,60 @@ class RecordingStrategy(Strategy):
         self.sent_weights = parameters_to_ndarrays(parameters)  # updates are checked against it
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         witnessed = self.witness.fit_config() if self.witness is not None else {}
-        if not witnessed:
+        self._asked_at = time.monotonic()
+        if not witnessed and self.identities is None:
             return instructions
         return [
-            (proxy, FitIns(ins.parameters, {**ins.config, **witnessed}))
+            (proxy, FitIns(ins.parameters, {**ins.config, **witnessed, **self._told(proxy)}))
             for proxy, ins in instructions
         ]
+
+    def _told(self, proxy: ClientProxy) -> dict[str, Scalar]:
+        """What a deployed node is told about its own registered identity."""
+        return self.identities.fit_config(proxy.cid) if self.identities is not None else {}
+
+    def _site(self, proxy: ClientProxy, metrics: Mapping[str, Scalar]) -> str:
+        """The site a reply is counted for: its node's registered site when deployed,
+        else the site the simulated node names."""
+        if self.identities is not None:
+            identity = self.identities.of(proxy.cid)
+            if identity is not None:
+                return identity.site
+        return _site_of(proxy, dict(metrics))
 
     def aggregate_fit(
         self, server_round: int, results: FitResults, failures: Failures
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        self._record_wait(server_round, "fit")
+        results, impostors = self._identified(server_round, results)
         per_site = {
-            _site_of(proxy, res.metrics): {**res.metrics, "num-examples": res.num_examples}
+            self._site(proxy, res.metrics): {**res.metrics, "num-examples": res.num_examples}
             for proxy, res in results
         }
         replies = {
-            _site_of(proxy, res.metrics): FitReply.from_metrics(res.metrics)
+            self._site(proxy, res.metrics): FitReply.from_metrics(res.metrics)
             for proxy, res in results
         }
         accepted = [
             (proxy, res) for proxy, res in results if not FitReply.from_metrics(res.metrics).refused
         ]
-        rejected: dict[str, str] = {}
+        rejected: dict[str, str] = dict(impostors)
+        accepted, contradicted = self._consistent_heads(accepted)
+        rejected.update(contradicted)
         if not self.secure:
-            accepted, rejected, norms = self._screen(accepted)
+            accepted, screened, norms = self._screen(accepted)
+            rejected.update(screened)
             for site, norm in norms.items():  # what honest sites send: how to pick the bound
                 per_site[site]["update-norm"] = norm
         self.run_dir.record_fit(server_round, per_site)
-        self._witness(server_round, replies)
+        self._witness(server_round, {s: r for s, r in replies.items() if s not in contradicted})
         refused = {site: _reason(reply) for site, reply in replies.items() if reply.refused}
         self._record_participation(replies)
         for site, reason in sorted(refused.items()):
-            self._record_refusal(server_round, site, reason)
+            self._record_refusal(server_round, site, reason, replies[site].audit_head())
         for site, reason in sorted(rejected.items()):
-            self._record_rejection(server_round, site, reason)
+            if site not in impostors:  # already recorded as an identity mismatch
+                self._record_rejection(server_round, site, reason)
         failed = self._record_failures(server_round, failures)
         left_out = {**refused, **rejected, **failed}
         if left_out and len(accepted) < self.min_nodes:
@@ -224,15 +255,59 @@ class RecordingStrategy(Strategy):
             self.run_dir.record_client_privacy(client_privacy)
         return parameters, metrics
 
+    def _identified(
+        self, server_round: int, results: FitResults
+    ) -> tuple[FitResults, dict[str, str]]:
+        """The replies that come from their registered site, and the dropped ones by the
+        label they are recorded under (every drop is an event, a signed entry, a note)."""
+        if self.identities is None:
+            return results, {}
+        kept: FitResults = []
+        dropped: dict[str, str] = {}
+        for proxy, res in results:
+            reason = self.identities.mismatch(proxy.cid, FitReply.from_metrics(res.metrics))
+            if reason is None:
+                kept.append((proxy, res))
+                continue
+            label = self._site(proxy, res.metrics) if self.identities.of(proxy.cid) else (
+                f"node-{proxy.cid}"
+            )
+            dropped[label] = reason
+            detail = {"site": label, "node": str(proxy.cid), "reason": reason}
+            self.run_dir.record_event(server_round, {"kind": "identity-mismatch", **detail})
+            if self.audit is not None:
+                self.audit.append("identity-mismatch", {"round": server_round, **detail})
+            progress.note(f"round {server_round}: the reply of {label} was dropped: {reason}")
+        return kept, dropped
+
+    def _consistent_heads(self, accepted: FitResults) -> tuple[FitResults, dict[str, str]]:
+        """The accepted replies whose audit head the witness record can follow, and the
+        rest with the reason (another audit key, or a log that went back)."""
+        if self.witness is None:
+            return accepted, {}
+        kept: FitResults = []
+        contradicted: dict[str, str] = {}
+        for proxy, res in accepted:
+            site = self._site(proxy, res.metrics)
+            head = FitReply.from_metrics(res.metrics).audit_head()
+            conflict = self.witness.conflict(site, head) if head is not None else None
+            if conflict is None:
+                kept.append((proxy, res))
+            else:
+                contradicted[site] = conflict
+        return kept, contradicted
+
     def _witness(self, server_round: int, replies: Mapping[str, FitReply]) -> None:
-        """Remember the log head of every site that trained (accepted or later rejected,
-        its release is signed either way) in the witness record."""
+        """Remember the log head of every site that signed something this round — a
+        release (accepted or later rejected, it is signed either way) or a refusal — in
+        the witness record. Heads that contradict the record are not witnessed."""
         if self.witness is None:
             return
         heads = {
             site: head
             for site, reply in replies.items()
-            if not reply.refused and (head := reply.audit_head()) is not None
+            if (head := reply.audit_head()) is not None
+            and self.witness.conflict(site, head) is None
         }
         self.witness.witness(heads, str(self.run_dir.document.get("run-id", "")), server_round)
 
@@ -244,7 +319,7 @@ class RecordingStrategy(Strategy):
         if self.sent_weights is None:
             return results, {}, {}
         screening = screen_results(
-            results, self.sent_weights, self.max_update_norm, lambda p, r: _site_of(p, r.metrics)
+            results, self.sent_weights, self.max_update_norm, lambda p, r: self._site(p, r.metrics)
         )
         return screening.accepted, dict(screening.rejected), screening.norms
 
@@ -262,7 +337,7 @@ class RecordingStrategy(Strategy):
             parameters_to_ndarrays(parameters), self.sent_weights, self.max_update_norm
         )
         if not verdict.ok:
-            joined = ",".join(sorted(_site_of(p, r.metrics) for p, r in accepted))
+            joined = ",".join(sorted(self._site(p, r.metrics) for p, r in accepted))
             self._record_rejection(server_round, f"aggregate of {joined}", verdict.reason)
         return verdict.ok
 
@@ -297,10 +372,18 @@ class RecordingStrategy(Strategy):
             summary.update(reply.privacy())
             self.run_dir.record_privacy(site, {**summary, **counts})
 
-    def _record_refusal(self, server_round: int, site: str, reason: str) -> None:
+    def _record_refusal(
+        self, server_round: int, site: str, reason: str, head: Mapping[str, Any] | None
+    ) -> None:
+        """A refusal: event, console note, and a signed entry with the head of the site's
+        signed refusal (``site_head``), so ``fedmed audit verify`` can check the site's log
+        still holds it."""
         self.run_dir.record_event(server_round, {"kind": "refusal", "site": site, "reason": reason})
         if self.audit is not None:
-            self.audit.append("refusal", {"round": server_round, "site": site, "reason": reason})
+            payload: dict[str, Any] = {"round": server_round, "site": site, "reason": reason}
+            if head is not None:
+                payload["site_head"] = dict(head)
+            self.audit.append("refusal", payload)
         progress.note(f"round {server_round}: {site} refused to train: {reason}")
 
     def _stop(self, server_round: int, accepted: int, left_out: Mapping[str, str]) -> None:
@@ -327,8 +410,8 @@ class RecordingStrategy(Strategy):
         for proxy, res in accepted:
             head = FitReply.from_metrics(res.metrics).audit_head()
             if head is not None:
-                heads[_site_of(proxy, res.metrics)] = head
-        joined = sorted(_site_of(proxy, res.metrics) for proxy, res in accepted)
+                heads[self._site(proxy, res.metrics)] = head
+        joined = sorted(self._site(proxy, res.metrics) for proxy, res in accepted)
         payload: dict[str, Any] = {
             "round": server_round,
             "model_sha256": fingerprint_arrays(self.latest_weights),
@@ -355,19 +438,29 @@ class RecordingStrategy(Strategy):
             "num-rounds": self.num_rounds,
             explanations.FINAL_ROUND: server_round == self.num_rounds,
         }
-        return [
+        instructions = [
             (proxy, EvaluateIns(ins.parameters, {**ins.config, **run_facts}))
             for proxy, ins in self.inner.configure_evaluate(
                 server_round, parameters, client_manager
             )
         ]
+        self._asked_at = time.monotonic()
+        return instructions
+
+    def _record_wait(self, server_round: int, kind: str) -> None:
+        """The seconds from handing this exchange's instructions to Flower until its
+        replies came back (Flower calls ``aggregate_*`` as soon as they have)."""
+        if self._asked_at is not None:
+            self.run_dir.record_exchange(server_round, kind, time.monotonic() - self._asked_at)
+            self._asked_at = None
 
     def aggregate_evaluate(
         self, server_round: int, results: EvaluateResults, failures: Failures
     ) -> tuple[float | None, dict[str, Scalar]]:
+        self._record_wait(server_round, "evaluate")
         per_site = {}
         for proxy, res in results:
-            site = _site_of(proxy, res.metrics)
+            site = self._site(proxy, res.metrics)
             skipped = {"site", *explanations.REPLY_KEYS}
             per_site[site] = {k: float(v) for k, v in res.metrics.items() if k not in skipped}
             if server_round == self.num_rounds:
