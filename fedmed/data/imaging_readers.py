@@ -9,10 +9,14 @@ The synthetic benchmark (:mod:`fedmed.data.imaging_synth`) uses the same normali
 training on simulated sites and inference on real files cannot drift apart.
 
 DICOM headers carry patient identity. A reader therefore accepts ``header_deid``: the
-de-identification stage's function from a raw :class:`pydicom.Dataset` to a released one.
-It runs on every file straight after parsing and *before* pixels are decoded, so a gate that
-also blanks pixel regions is honoured and nothing downstream ever holds the raw header.
-Burnt-in text inside the pixels is out of scope here.
+de-identification stage's function from a raw :class:`pydicom.Dataset` to a released one
+(:meth:`fedmed.data.admission.FolderGate.dicom_header`). It runs on every file
+straight after parsing and *before* pixels are decoded, so a gate that also blanks pixel
+regions is honoured and nothing downstream ever holds the raw header. The hook sees the
+file's path as ``dataset.filename``. When it raises
+:class:`~fedmed.data.admission.ItemQuarantined` (a file marked ``BurnedInAnnotation=YES``,
+whose pixels may show the patient's name), the site-folder readers leave that image (and its
+label or mask) out; the gate's signed batch report lists it with the reason.
 
 Any missing, unreadable or malformed file raises :class:`fedmed.errors.DataError` whose one-line
 message names the file. Third-party decoders raise many unrelated exception types on corrupt
@@ -35,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedmed.data.admission import ItemQuarantined
 from fedmed.errors import DataError, FedmedError
 
 if TYPE_CHECKING:
@@ -228,10 +233,20 @@ def read_labels_csv(path: str | Path, allowed: tuple[int, ...] = (0, 1)) -> list
 def read_classification_folder(
     site_dir: Path, size: int, header_deid: HeaderDeid | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n × size × size) and labels listed in ``site_dir/labels.csv``."""
+    """Images (n × size × size) and labels listed in ``site_dir/labels.csv`` (less those the
+    gate quarantined)."""
     entries = read_labels_csv(Path(site_dir) / LABELS_FILE)
-    images = [to_model_input(read_image(file, header_deid), size) for file, _ in entries]
-    return np.stack(images), np.array([label for _, label in entries], dtype=np.int64)
+    images, labels = [], []
+    for file, label in entries:
+        try:
+            volume = read_image(file, header_deid)
+        except ItemQuarantined:
+            continue  # listed with its reason in the gate's signed batch report
+        images.append(to_model_input(volume, size))
+        labels.append(label)
+    if not images:
+        raise DataError(f"{site_dir}: every image was quarantined by the de-identification gate")
+    return np.stack(images), np.array(labels, dtype=np.int64)
 
 
 def read_segmentation_folder(
@@ -249,10 +264,14 @@ def read_segmentation_folder(
         mask_path = masks_by_stem.get(_stem(image_path))
         if mask_path is None:
             raise DataError(f"{image_path}: no mask with the same name in {mask_dir}")
-        images.append(to_model_input(read_image(image_path, header_deid), size))
-        masks.append(to_model_input(read_image(mask_path, header_deid), size, mask=True))
+        try:
+            image, mask = read_image(image_path, header_deid), read_image(mask_path, header_deid)
+        except ItemQuarantined:
+            continue  # listed with its reason in the gate's signed batch report
+        images.append(to_model_input(image, size))
+        masks.append(to_model_input(mask, size, mask=True))
     if not images:
-        raise DataError(f"{image_dir}: no images")
+        raise DataError(f"{image_dir}: no images (or every one quarantined by the gate)")
     return np.stack(images), np.stack(masks)
 
 
@@ -271,6 +290,7 @@ def _read_dicom_dataset(path: Path, header_deid: HeaderDeid | None) -> Dataset:
             raise DataError(f"{path}: DICOM file holds no pixel data")
     if header_deid is None:
         return dataset
+    dataset.filename = str(path)  # the hook names a quarantined file by it
     released = header_deid(dataset)
     if not isinstance(released, pydicom.Dataset):  # e.g. an in-place scrubber returning None
         raise TypeError(f"header_deid must return a pydicom Dataset, got {type(released)}")

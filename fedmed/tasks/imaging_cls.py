@@ -17,8 +17,14 @@ the loss is binary cross-entropy.
 Metrics: ``auc`` (primary: threshold-free, so it compares sites whose case mix and calibration
 differ) and ``accuracy`` at probability 0.5.
 
+With ``--set backbone=efficientnet-lite0`` the model is ImageNet-pretrained EfficientNet-Lite0
+with one new logit, fine-tuned by the ``fine-tune`` schedule (head, last blocks or all) with
+its BatchNorm frozen or replaced by GroupNorm (``backbone-norm``); ``image-size`` sets the grid
+(:mod:`fedmed.tasks.imaging_backbone`, docs/imaging.md).
+
 Explainer: Grad-CAM (:class:`fedmed.explain.gradcam.GradCam`) of :data:`GRADCAM_LAYER`, the last
-feature map.
+feature map; with a pretrained backbone, of its last feature map (the frozen part and the
+trained part chained again, on the site's test images).
 """
 
 from __future__ import annotations
@@ -29,16 +35,19 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from fedmed.data.imaging_readers import (
     LABELS_FILE,
+    HeaderDeid,
     read_classification_folder,
 )
-from fedmed.data.imaging_synth import IMAGE_SIZE, SiteImages
+from fedmed.data.imaging_synth import SiteImages
 from fedmed.explain.gradcam import GradCam
 from fedmed.tasks import register_task
-from fedmed.tasks.base import predict
+from fedmed.tasks.base import SiteData, predict
+from fedmed.tasks.imaging_backbone import GRADCAM_LAYER as LITE_GRADCAM_LAYER
+from fedmed.tasks.imaging_backbone import EncodedImages, LiteCut
 from fedmed.tasks.imaging_pack import ImagingPack
 
 INIT_FEATURES = 16
@@ -84,15 +93,32 @@ class ImagingClassificationTask(ImagingPack):
     default_local_epochs = 1
     site_marker = LABELS_FILE
     explainer = GradCam(GRADCAM_LAYER)
+    pack_settings = ("image-size", "backbone", "fine-tune", "backbone-norm")
 
     def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
         return images.images, images.labels
 
-    def read_site_folder(self, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-        return read_classification_folder(folder, IMAGE_SIZE, self.header_deid)
+    def read_site_folder(
+        self, folder: Path, header_deid: HeaderDeid | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return read_classification_folder(folder, self.settings.image_size, header_deid)
 
     def build_model(self) -> nn.Module:
+        if self.settings.pretrained:
+            return LiteCut.of(self.settings).trainable
         return build_classifier()
+
+    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
+        """Grad-CAM; with a pretrained backbone on the whole chain (image → logit)."""
+        if not self.settings.pretrained:
+            return super().explain(model, site_data, out_dir)
+        test = site_data.test
+        if isinstance(test, EncodedImages):
+            test = TensorDataset(test.images, test.tensors[1])
+        whole = LiteCut.of(self.settings).whole(model)
+        return GradCam(LITE_GRADCAM_LAYER).explain(
+            whole, test, site_data.site, Path(out_dir), self.explain_examples
+        )
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(

@@ -4,11 +4,21 @@
 segmentation (:mod:`fedmed.tasks.imaging_seg`) packs. It registers no task itself. Real
 site folders are split train/test with a fixed seed, stratified by label when the task has
 one, so every run and every regime scores the same test images.
+
+A pack's own settings (``image-size``; the classification pack also ``backbone``,
+``fine-tune``, ``backbone-norm``) are :class:`fedmed.tasks.imaging_backbone.ImagingSettings`.
+With a pretrained backbone cut below its trainable part, a site's images are encoded once by
+the frozen part as they are loaded (:func:`~fedmed.tasks.imaging_backbone.cached_encoding`)
+and the datasets hold those encodings. A real site's encodings derive from patient images and
+are kept in its admission home; the synthetic sites' in ``<state>/encodings``, shared by every
+study and federation that renders the same images (a leave-one-site-out study would otherwise
+encode each site once per federation).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,12 +26,15 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from fedmed.config import Scalar
 from fedmed.data.imaging_readers import HeaderDeid
 from fedmed.data.imaging_synth import SITES, SiteImages, make_site_images
 from fedmed.data.site_folders import site_folders
 from fedmed.data.splits import stratified_split
 from fedmed.errors import DataError
+from fedmed.state import state_root
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays
+from fedmed.tasks.imaging_backbone import EncodedImages, ImagingSettings, cached_encoding
 
 TEST_FRACTION = 0.3
 SPLIT_SEED = 42
@@ -38,10 +51,11 @@ class ImagingPack(TaskPack):
 
     default_sites = tuple(SITES)
     site_marker: ClassVar[str]
+    pack_settings: ClassVar[tuple[str, ...]] = ("image-size",)
+    settings: ImagingSettings = ImagingSettings()  # get_task configures each instance
 
-    def __init__(self, header_deid: HeaderDeid | None = None) -> None:
-        # The node plugs the de-identification stage's DICOM header scrubber in here.
-        self.header_deid = header_deid
+    def configure(self, settings: Mapping[str, Scalar]) -> None:
+        self.settings = ImagingSettings.parse(settings, self.pack_settings)
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
@@ -50,26 +64,40 @@ class ImagingPack(TaskPack):
 
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
         if data_dir is None:
-            splits = make_site_images(site, seed)
+            splits = make_site_images(site, seed, size=self.settings.image_size)
             arrays = (*self.synthetic_split(splits.train), *self.synthetic_split(splits.test))
+            encodings = state_root() / "encodings"
         else:
-            arrays = self._real_site(Path(data_dir) / site)
+            arrays = self._real_site(site, Path(data_dir) / site)
+            encodings = self.admission_stage(site).home / "encodings"
         x_train, y_train, x_test, y_test = (np.array(a) for a in arrays)  # copies: cache is RO
         return SiteData(
             site=site,
-            train=self.dataset(x_train, y_train),
+            train=self.model_dataset(x_train, y_train, encodings),
             val=None,
-            test=self.dataset(x_test, y_test),
+            test=self.model_dataset(x_test, y_test, encodings),
             fingerprint=fingerprint_arrays([x_train, y_train, x_test, y_test]),
         )
+
+    def model_dataset(self, images: np.ndarray, targets: np.ndarray, cache: Path) -> TensorDataset:
+        """What the pack's model reads: the images, or their encodings by the frozen part of a
+        pretrained backbone, kept in the folder ``cache`` (module docstring)."""
+        dataset = self.dataset(images, targets)
+        if not self.settings.encodes:
+            return dataset
+        inputs, labels = dataset.tensors
+        return EncodedImages(cached_encoding(self.settings, inputs, cache), labels, inputs)
 
     @abstractmethod
     def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
         """Inputs (n × H × W) and targets of one synthetic split."""
 
     @abstractmethod
-    def read_site_folder(self, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-        """Inputs (n × H × W) and targets of one real site folder."""
+    def read_site_folder(
+        self, folder: Path, header_deid: HeaderDeid | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs (n × H × W) and targets of one real site folder, every DICOM header
+        through ``header_deid`` (quarantined files left out)."""
 
     @staticmethod
     def dataset(images: np.ndarray, targets: np.ndarray) -> TensorDataset:
@@ -78,11 +106,14 @@ class ImagingPack(TaskPack):
         labels = torch.from_numpy(targets.astype(np.float32))
         return TensorDataset(inputs, labels[:, None] if labels.ndim == 3 else labels)
 
-    def _real_site(self, folder: Path) -> Arrays:
-        """A real site folder split train/test with a fixed seed (stratified by label if any)."""
+    def _real_site(self, site: str, folder: Path) -> Arrays:
+        """A real site folder through the site's de-id gate (DICOM headers; the batch signed
+        before the arrays are returned), split train/test with a fixed seed (stratified by
+        label if any)."""
         if not folder.is_dir():
             raise DataError(f"{folder}: site folder not found")
-        images, targets = self.read_site_folder(folder)
+        with self.admission_stage(site).folder_batch("dicom", self.name, folder) as gate:
+            images, targets = self.read_site_folder(folder, gate.dicom_header)
         strata = targets if targets.ndim == 1 else np.zeros(len(targets))
         is_test = stratified_split(strata, TEST_FRACTION, SPLIT_SEED)
         if is_test.all() or not is_test.any():

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from fedmed.data.imaging_readers import IMAGES_DIR, read_segmentation_folder
-from fedmed.data.imaging_synth import IMAGE_SIZE, SiteImages
+from fedmed.config import Scalar
+from fedmed.data.imaging_readers import IMAGES_DIR, HeaderDeid, read_segmentation_folder
+from fedmed.data.imaging_synth import SiteImages
+from fedmed.errors import ConfigError
 from fedmed.explain.mask_overlay import MaskOverlay
 from fedmed.tasks import register_task
 from fedmed.tasks.base import predict
@@ -118,8 +121,18 @@ class ImagingSegmentationTask(ImagingPack):
     def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
         return images.images, images.masks
 
-    def read_site_folder(self, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-        return read_segmentation_folder(folder, IMAGE_SIZE, self.header_deid)
+    def read_site_folder(
+        self, folder: Path, header_deid: HeaderDeid | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return read_segmentation_folder(folder, self.settings.image_size, header_deid)
+
+    def configure(self, settings: Mapping[str, Scalar]) -> None:
+        """``image-size`` only, a multiple of 4: the U-Net halves the grid twice and adds
+        each level's output to the one above."""
+        super().configure(settings)
+        if self.settings.image_size % 4:
+            raise ConfigError(f"imaging-seg: image-size must be a multiple of 4, "
+                              f"got {self.settings.image_size}")  # fmt: skip
 
     def build_model(self) -> nn.Module:
         return build_unet()
