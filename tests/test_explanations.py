@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dicom_sites import files_holding, header_values, write_dicom_site
 from flwr.common import Code, EvaluateRes, Status, ndarrays_to_parameters
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -154,7 +155,8 @@ def test_deid_ner_writes_a_phi_review_of_its_own_test_notes(tmp_path: Path) -> N
 
 
 def test_packs_declare_their_explainer_and_its_kind_is_the_report_text() -> None:
-    explaining = {name for name in EXPLAINED} | {"icd", "icd-minilm", "deid-ner"}
+    explaining = {name for name in EXPLAINED} | {"icd", "icd-minilm", "deid-ner", "heart",
+                                                 "heart-flamby"}
     for name in task_names():
         pack = get_task(name)
         if name in explaining:
@@ -180,9 +182,8 @@ def test_explainers_import_no_task_pack_node_or_coordinator() -> None:
                 assert not name.startswith(banned), f"{path.name} imports {name}"
 
 
-@pytest.mark.parametrize("name", ["heart", "ecg-denoise"])
-def test_packs_without_an_explainer_write_nothing(name: str, tmp_path: Path) -> None:
-    pack = get_task(name)
+def test_a_pack_without_an_explainer_writes_nothing(tmp_path: Path) -> None:
+    pack = get_task("ecg-denoise")
     assert pack.explanation_kind == ""
     assert pack.explain(pack.build_model(), None, tmp_path) == []  # type: ignore[arg-type]
 
@@ -280,7 +281,7 @@ def test_the_node_explains_the_last_round_into_its_site_home(tmp_path: Path) -> 
 
 
 def test_a_pack_without_explainer_reports_none_and_writes_nothing(tmp_path: Path) -> None:
-    site = _site("heart")
+    site = _site("ecg-denoise")
     config = {"run-id": "r", FINAL_ROUND: True}
     assert explain_final_round(site, tmp_path, [], config) == {COUNT: 0}
     assert list(tmp_path.iterdir()) == []
@@ -376,13 +377,18 @@ def test_the_report_links_local_folders_and_names_remote_ones(tmp_path: Path) ->
 def test_a_short_federation_leaves_explanations_at_the_sites_and_links_them(
     repo: Path, tmp_path: Path
 ) -> None:
-    """Two imaging sites, one DP round under the default policy: each site's Grad-CAM overlays
-    are in its own site home, the run directory holds none, and report.md links them."""
-    out, homes = tmp_path / "run", tmp_path / "homes"
+    """Two imaging sites of DICOM files with patient headers, one DP round under the default
+    policy: each site's Grad-CAM overlays are in its own site home, the run directory holds
+    none, and report.md links them. The node's de-id gate admitted each site's files in one
+    signed ``deid-batch`` entry (the burnt-in file quarantined with its reason), and no
+    header value of the files is anywhere under the site homes or the run directory."""
+    out, homes, data = tmp_path / "run", tmp_path / "homes", tmp_path / "data"
     sites = ["academic", "legacy"]
+    for site in sites:
+        write_dicom_site(data / site, site)
     code = main(["run", str(repo / "examples" / "imaging-cls"), "--rounds", "1",
                  "--sites-home", str(homes), "--out", str(out),
-                 "--set", "sites=" + ",".join(sites)])
+                 "--set", "sites=" + ",".join(sites), "--set", f"data-dir={data}"])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     run_id = metrics["run-id"]
@@ -395,5 +401,13 @@ def test_a_short_federation_leaves_explanations_at_the_sites_and_links_them(
         link = os.path.relpath(folder, out)
         assert f"]({link})" in report and (out / link).is_dir()
         assert verify_log(homes / site / "audit.jsonl").ok
+        entries = [json.loads(line) for line in (homes / site / "audit.jsonl").open()]
+        batches = [e["payload"] for e in entries if e["kind"] == "deid-batch"]
+        assert len(batches) == 1, batches  # many processes loaded the site: signed once
+        assert batches[0]["items"] == {"received": 16, "released": 15, "quarantined": 1}
+        assert "BurnedInAnnotation=YES" in batches[0]["quarantine"][0]["reason"]
+        first_release = min(e["seq"] for e in entries if e["kind"] == "dp-release")
+        assert next(e["seq"] for e in entries if e["kind"] == "deid-batch") < first_release
     assert not list(out.rglob("gradcam-*")) and not list(out.rglob("*explain*"))
     assert "## Explanations of the final model" in report and "status: **completed**" in report
+    assert files_holding([homes, out], header_values(sites)) == []

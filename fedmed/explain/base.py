@@ -10,6 +10,8 @@ subclass per method, each in its own module of this package:
 - :class:`fedmed.explain.ecg_saliency.EcgSaliency`: 1-D Grad-CAM under an ECG trace;
 - :class:`fedmed.explain.text_evidence.TextEvidence`: per-code attention evidence of a note;
 - :class:`fedmed.explain.text_review.PhiReview`: a PHI tagger's found, missed and extra spans.
+- :class:`fedmed.explain.tabular_shap.TabularShap`: SHAP importance and waterfalls of a
+  tabular risk model.
 
 An explainer knows models, tensors and datasets, never Flower, the node or the task packs:
 whatever it needs from a pack (the layer to explain, the class names, the pack's Dice, its

@@ -29,19 +29,22 @@ independent of the training seed, so seeds vary training only.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from fedmed.data.admission import AdmissionStage
 from fedmed.data.splits import stratified_split
 from fedmed.errors import ConfigError, DataError
+from fedmed.explain.tabular_shap import TabularShap
 from fedmed.tasks import register_task
-from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
+from fedmed.tasks.base import SiteData, TaskPack, binary_logit_scores, fingerprint_arrays
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "uci_heart"
 SITE_FILES = {
@@ -83,22 +86,44 @@ VALUE_CODES = {
     "thal": (3.0, 6.0, 7.0),
     "num": (0.0, 1.0, 2.0, 3.0, 4.0),
 }
+# The model's input columns (encode_features): each feature, then its missing indicator.
+FEATURE_NAMES = (*FEATURES, *(f"{name} missing" for name in FEATURES))
 FLAMBY_DROPPED = ("slope", "ca", "thal")
 SPLIT_SEED = 42
 TEST_FRACTION = 1 / 3
 PREPROCESSINGS = ("impute", "flamby")
 
 
-def read_site_table(path: Path) -> pd.DataFrame:
-    """Read one ``processed.*.data`` file; DataError naming the file if it is not that format."""
+def read_site_table(path: Path, stage: AdmissionStage | None = None) -> pd.DataFrame:
+    """Read one ``processed.*.data`` file; DataError naming the file if it is not that format.
+
+    A hospital's export may carry a header row naming the columns (:data:`COLUMNS`, in any
+    order) and identifier columns beside them. The table passes ``stage`` (the site's de-id
+    gate) first: identifier columns declared in ``[deid] identifier_columns`` are dropped or
+    keyed-hashed, and any other column that looks like names, record numbers or birth dates
+    is refused naming the file and the column. What is left must be exactly the UCI columns
+    (hashed identifier columns aside, which the model does not read).
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected a UCI processed.*.data table)")
     try:
-        table = pd.read_csv(path, header=None, na_values="?")
+        table = pd.read_csv(path, header=_header_row(path), na_values="?")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         detail = " ".join(str(exc).split())  # pandas ends some messages with a newline
         raise DataError(f"{path}: not a readable comma-separated table ({detail})") from None
-    if table.shape[1] != len(COLUMNS):
+    if stage is not None:
+        table = stage.admit_table("heart", path, table)
+    if isinstance(table.columns[0], str):  # a header row named the columns
+        hashed = {c for c, action in stage.config.identifier_columns if action == "hash"} \
+            if stage is not None else set()
+        missing = [c for c in COLUMNS if c not in table.columns]
+        unknown = [c for c in table.columns if c not in COLUMNS and c not in hashed]
+        if missing or unknown:
+            raise DataError(f"{path}: header lacks column(s) {', '.join(missing) or 'none'} "
+                            f"and has unknown column(s) {', '.join(map(str, unknown)) or 'none'}; "
+                            f"expected {', '.join(COLUMNS)}")
+        table = table[list(COLUMNS)]
+    elif table.shape[1] != len(COLUMNS):
         raise DataError(
             f"{path}: expected {len(COLUMNS)} comma-separated columns, found {table.shape[1]}"
         )
@@ -110,6 +135,13 @@ def read_site_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: the label column 'num' has missing values")
     check_values(path, table)
     return table
+
+
+def _header_row(path: Path) -> int | None:
+    """0 when the file's first line is a header: it names one of the UCI :data:`COLUMNS`."""
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        first = next(csv.reader([handle.readline()]), [])
+    return 0 if {cell.strip() for cell in first} & set(COLUMNS) else None
 
 
 def check_values(path: Path, table: pd.DataFrame) -> None:
@@ -141,6 +173,18 @@ def encode_features(features: np.ndarray) -> np.ndarray:
     filled = np.where(missing, REFERENCE_MEAN, features)
     scaled = (filled - REFERENCE_MEAN) / REFERENCE_SCALE
     return np.hstack([scaled, missing.astype(np.float64)]).astype(np.float32)
+
+
+def decode_features(encoded: np.ndarray) -> np.ndarray:
+    """Encoded rows (:func:`encode_features`) back in data-dictionary units, NaN where the
+    value was not measured, followed by the indicators: what a SHAP waterfall prints beside
+    each feature, since a clinician reads "chol 290", not a reference-scaled 1.0."""
+    count = len(FEATURES)
+    missing = encoded[:, count:]
+    # float32 inputs come back a hair off (0 mm ST depression as -1e-8, printed "-0"):
+    # rounded to the tables' precision, + 0.0 turns -0.0 into 0.0.
+    values = np.round(encoded[:, :count] * REFERENCE_SCALE + REFERENCE_MEAN, 3) + 0.0
+    return np.hstack([np.where(missing > 0.5, np.nan, values), missing])
 
 
 def site_arrays(
@@ -175,6 +219,7 @@ class HeartTask(TaskPack):
     default_lr = 0.05
     default_batch_size = 16
     default_local_epochs = 1
+    explainer: ClassVar[TabularShap] = TabularShap(FEATURE_NAMES, decode_features)
 
     def __init__(self, preprocessing: str = "impute") -> None:
         if preprocessing not in PREPROCESSINGS:
@@ -189,7 +234,7 @@ class HeartTask(TaskPack):
         folder = Path(data_dir) if data_dir is not None else DATA_DIR
         if not folder.is_dir():
             raise DataError(f"{folder}: data folder not found")
-        table = read_site_table(folder / SITE_FILES[site])
+        table = read_site_table(folder / SITE_FILES[site], self.admission_stage(site))
         x_train, y_train, x_test, y_test = site_arrays(table, self.preprocessing)
         return SiteData(
             site=site,
@@ -208,12 +253,13 @@ class HeartTask(TaskPack):
     def evaluate(
         self, model: nn.Module, dataset: Dataset, device: torch.device
     ) -> dict[str, float]:
-        logits, targets = predict(model, dataset, device)
-        labels = targets.numpy()
-        scores = torch.sigmoid(logits).numpy()
-        accuracy = float(((scores >= 0.5) == (labels >= 0.5)).mean())
-        auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) > 1 else float("nan")
-        return {"accuracy": accuracy, "auc": auc}
+        return binary_logit_scores(model, dataset, device)
+
+    def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
+        """SHAP's expected value is taken over the site's own training rows, so the explainer
+        gets them beside the test split (they stay at the site like the test rows)."""
+        return self.explainer.explain(model, site_data.test, site_data.site, Path(out_dir),
+                                      self.explain_examples, background=site_data.train)
 
 
 @register_task("heart-flamby")
