@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import math
 import statistics
 import sys
@@ -38,6 +39,7 @@ from fedmed.clients.hospital import HospitalClient
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig, load_federation
+from fedmed.deid.sitekey import SECRET_RELPATH
 from fedmed.privacy.policy import Policy
 from fedmed.server.app import fit_config_fn
 from fedmed.tasks import get_task
@@ -46,26 +48,37 @@ from fedmed.training.loop import get_weights
 FEDERATION = Path(__file__).resolve().parents[1] / "examples" / "heart"
 
 
-def open_unbounded_home(root: Path, site: str, task: str) -> None:
-    """A fresh site home whose policy has no ε cap (so DP-off runs are allowed too)."""
+def open_unbounded_home(root: Path, site: str, task: str, seed: int) -> None:
+    """A fresh site home whose policy has no ε cap (so DP-off runs are allowed too).
+
+    Its site secret — from which the node draws DP noise and sampling — is derived from
+    ``seed`` and the site, so a seed's numbers are the same in every run of this bench and
+    in both halves of ``--check-ray`` (a real site's secret is random)."""
     SiteHome.open(root, site, task)
+    secret = root / SECRET_RELPATH
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text(hashlib.sha256(f"dp-accuracy|{site}|{seed}".encode()).hexdigest() + "\n")
+    secret.chmod(0o600)
     (root / "policy.toml").write_text(
         Policy(epsilon=math.inf, min_noise_multiplier=0.0, allowed_tasks=(task,)).to_toml()
     )
 
 
-def run_in_process(config: FederationConfig, homes: Path) -> dict[str, float]:
-    """Final global model's primary metric per site, FedAvg over HospitalClient.fit."""
+def run_in_process(config: FederationConfig, homes: Path, run_id: str = "") -> dict[str, float]:
+    """Final global model's primary metric per site, FedAvg over HospitalClient.fit.
+
+    ``run_id`` (default ``bench-seed<seed>``): the run the sites are told; each site draws
+    its DP noise from its secret and the run id, so ``--check-ray`` passes the Ray run's."""
     pack = get_task(config.task)
     sites = config.site_list(pack.site_names())
     clients = []
     for site in sites:
-        open_unbounded_home(homes / site, site, config.task)
+        open_unbounded_home(homes / site, site, config.task, config.seed)
         clients.append(HospitalClient(HospitalSite.open(config.task, site, None, config.seed),
                                       homes / site))
     torch.manual_seed(config.seed)
     weights = get_weights(pack.build_model())
-    instructions = fit_config_fn(config, pack, run_id=f"bench-seed{config.seed}")
+    instructions = fit_config_fn(config, pack, run_id=run_id or f"bench-seed{config.seed}")
     for server_round in range(1, config.num_server_rounds + 1):
         replies = [client.fit(weights, instructions(server_round)) for client in clients]
         accepted = [(w, n) for w, n, metrics in replies if not metrics["refused"]]
@@ -75,18 +88,22 @@ def run_in_process(config: FederationConfig, homes: Path) -> dict[str, float]:
     return {c.site.name: c.site.evaluate(weights)[pack.primary_metric] for c in clients}
 
 
-def run_with_ray(config: FederationConfig, homes: Path, out: Path) -> dict[str, float]:
-    """The same federation on Flower's Simulation Engine (for --check-ray)."""
+def run_with_ray(
+    config: FederationConfig, homes: Path, out: Path
+) -> tuple[dict[str, float], str]:
+    """The same federation on Flower's Simulation Engine (for --check-ray): per-site
+    scores and the run's id."""
     import json
 
     from fedmed.simulation import run_simulation
 
     pack = get_task(config.task)
     for site in config.site_list(pack.site_names()):
-        open_unbounded_home(homes / site, site, config.task)
+        open_unbounded_home(homes / site, site, config.task, config.seed)
     config = dataclasses.replace(config, sites_home=str(homes), run_dir=str(out))
     metrics = json.loads((run_simulation(config) / "metrics.json").read_text())
-    return {s: v[pack.primary_metric] for s, v in metrics["final"]["per_site"].items()}
+    scores = {s: v[pack.primary_metric] for s, v in metrics["final"]["per_site"].items()}
+    return scores, str(metrics["run-id"])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         if args.check_ray:
             config = dataclasses.replace(base, epsilon=1.0, seed=0)
-            direct = run_in_process(config, Path(scratch) / "direct")
-            ray = run_with_ray(config, Path(scratch) / "ray", Path(scratch) / "run")
+            ray, run_id = run_with_ray(config, Path(scratch) / "ray", Path(scratch) / "run")
+            direct = run_in_process(config, Path(scratch) / "direct", run_id)
             print(f"in-process: {direct}\nray:        {ray}")
         header = f"{'epsilon':>8} | {'mean acc':>8} | {'sd':>6} | " + " | ".join(
             f"{s:>11}" for s in base.site_list(get_task(base.task).site_names())

@@ -23,7 +23,8 @@ COMMAND_MODULES = (
     "fedmed.commands.baseline",
     "fedmed.commands.generalization",
     "fedmed.commands.deploy",
-    "fedmed.deid.cli",
+    "fedmed.commands.models",
+    "fedmed.commands.deid",
 )
 
 
@@ -34,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         "with DP-SGD, per-site privacy ledgers, node-side de-identification and signed audits.",
     )
     parser.add_argument("--version", action="version", version=f"fedmed {fedmed.__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show tracebacks on errors, and Flower's, Ray's and the simulated nodes' messages "
+        "(otherwise in the run's simulation.log and Ray's logs)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

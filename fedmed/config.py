@@ -64,6 +64,10 @@ class FederationConfig:
     # In deployment each evaluation is one more ClientApp process per site.
     evaluate_every: int = 1
     min_nodes: int = 2
+    # Seconds a plain round's train or evaluate exchange waits for replies; 0 = until every
+    # node replied or Flower declared it unavailable (a node that is up but never replies
+    # then holds the run; docs/operator-guide.md § 5).
+    round_timeout: float = 0.0
     seed: int = 0
     data_dir: str = ""
     run_dir: str = ""
@@ -91,6 +95,24 @@ class FederationConfig:
     secagg_timeout: float = 0.0
     # Bad-update screening before aggregation (fedmed.server.validation); 0 = no norm bound.
     max_update_norm: float = 0.0
+    # Deployed runs: name each node by the site its key was registered for (the coordinator
+    # home's identities.json, fedmed.server.identities), never by the node's own reply.
+    registered_sites: bool = False
+    # Settings of the task pack itself (None: the pack's default; only the imaging packs take
+    # them, docs/imaging.md). They travel inside ``task`` (a :class:`TaskRef`), so every
+    # process that builds the pack from ``config.task`` builds the same model on the same data.
+    backbone: str | None = None
+    image_size: int | None = None
+    fine_tune: str | None = None
+    backbone_norm: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", TaskRef(str(self.task), self.pack_settings()))
+
+    def pack_settings(self) -> dict[str, Scalar]:
+        """The task pack's own settings this config gives (dash-separated names)."""
+        values = {_name(name): getattr(self, name) for name in PACK_SETTINGS}
+        return {name: value for name, value in values.items() if value is not None}
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
@@ -124,6 +146,8 @@ class FederationConfig:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} must be in (0, 1], got {value}")
+        if self.round_timeout < 0:
+            raise ConfigError(f"round-timeout must be >= 0, got {self.round_timeout}")
         if self.evaluate_every < 0:
             raise ConfigError(f"evaluate-every must be >= 0, got {self.evaluate_every}")
         if self.min_nodes < 1:
@@ -218,12 +242,57 @@ class FederationConfig:
     def to_run_config(self) -> dict[str, ConfigValue]:
         """Back to Flower's dash-separated run config (an absent setting stays absent)."""
         return {
-            key.replace("_", "-"): value for key, value in asdict(self).items() if value is not None
+            key.replace("_", "-"): str(value) if isinstance(value, TaskRef) else value
+            for key, value in asdict(self).items()
+            if value is not None
         }
 
 
+class TaskRef(str):
+    """A task pack's name carrying the pack settings of the config that named it.
+
+    Why a ``str``: the coordinator, the nodes, the CLI and the studies all build the pack
+    with ``get_task(config.task)``; the name alone would give every one of them the pack's
+    defaults. Carried inside the name, the settings reach every one of those places
+    unchanged, and the name still reads, prints, serialises and compares as the plain name
+    (``config.task == "imaging-cls"``, a policy's allowed tasks, the ledger). Two refs of one
+    pack with different settings are *not* equal (or a per-process cache keyed by the task
+    would hand one run the other's data); each still equals the plain name.
+    """
+
+    settings: Mapping[str, Scalar]
+
+    def __new__(cls, name: str, settings: Mapping[str, Scalar] | None = None) -> TaskRef:
+        ref = super().__new__(cls, name)
+        ref.settings = dict(settings or {})
+        return ref
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TaskRef) and self.settings != other.settings:
+            return False
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = str.__hash__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TaskRef, (str(self), dict(self.settings)))
+
+    def __repr__(self) -> str:
+        if not self.settings:
+            return str.__repr__(self)
+        return f"TaskRef({str(self)!r}, {self.settings})"
+
+
 # Settings whose default is "absent" (None: the task pack's default), with their type.
-_OPTIONAL: dict[str, type] = {"local_epochs": int, "batch_size": int, "lr": float}
+_OPTIONAL: dict[str, type] = {
+    "local_epochs": int, "batch_size": int, "lr": float,
+    "backbone": str, "image_size": int, "fine_tune": str, "backbone_norm": str,
+}  # fmt: skip
+# The task pack's own settings (fedmed.tasks.base.TaskPack.configure reads them).
+PACK_SETTINGS = ("backbone", "image_size", "fine_tune", "backbone_norm")
 
 
 def _name(field_name: str) -> str:

@@ -5,7 +5,8 @@ already measured), ``checkpoints/round-NNN.npz`` (global weights after each roun
 ``model.pt`` (final global model, a state dict), ``plots/*.png``. Keys other tools read
 (docs/architecture.md § Node–coordinator contract): ``final.per_site.<site>.<metric>``,
 ``final.mean.<metric>``, ``privacy.<site>.epsilon|delta``, ``rounds[]`` (each with the
-wall-clock ``aggregated_at``). With client-level DP, ``client_privacy.epsilon|delta`` sits
+wall-clock ``aggregated_at`` and the seconds each exchange with the nodes took,
+``exchange_seconds``). With client-level DP, ``client_privacy.epsilon|delta`` sits
 beside ``privacy``; a run the coordinator stopped early has ``stopped.round|reason``.
 ``explanations.<site>`` says where each site holds its explanations of the final model
 (``round``, ``count``, ``folder``, ``error``; the files stay at the site,
@@ -147,6 +148,13 @@ class RunDirectory:
         entry["fit"] = dict(per_site)
         entry["aggregated_at"] = round(time.time(), 3)  # for seconds_per_round
         self.flush()
+
+    def record_exchange(self, server_round: int, kind: str, seconds: float) -> None:
+        """How long the coordinator waited for the nodes' replies of one exchange (``fit``
+        with all its SecAgg+ stages, ``evaluate``): ``rounds[].exchange_seconds.<kind>``,
+        written with the round's next record. What a deployed round's time is made of:
+        ``bench/deploy_overhead.py``."""
+        self._round(server_round).setdefault("exchange_seconds", {})[kind] = round(seconds, 3)
 
     def record_event(self, server_round: int, event: Mapping[str, Any]) -> None:
         """A failure, refusal or rejected update, kept beside the round's metrics."""

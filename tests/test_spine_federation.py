@@ -18,7 +18,8 @@ SITES = ["cleveland", "hungary", "switzerland", "va"]
 
 @pytest.mark.parametrize(("strategy", "rounds"), [("fedavg", 3), ("fedadam", 2)])
 def test_heart_federation_writes_a_complete_run_directory(
-    repo: Path, tmp_path: Path, strategy: str, rounds: int
+    repo: Path, tmp_path: Path, isolated_state: Path, capfd: pytest.CaptureFixture[str],
+    strategy: str, rounds: int,
 ) -> None:
     out = tmp_path / "run"
     code = main(
@@ -34,6 +35,15 @@ def test_heart_federation_writes_a_complete_run_directory(
         ]
     )
     assert code == 0
+    # A quiet console (issue 17): fedmed's round lines and tables; Flower's and Ray's notices
+    # are in the run's log file instead.
+    console = "".join(capfd.readouterr())
+    assert f"round {rounds}/{rounds}" in console and "final global model" in console
+    for noise in ("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "FutureWarning",
+                  "No fit_metrics_aggregation_fn provided", "No evaluate_metrics_aggregation_fn"):
+        assert noise not in console, console
+    log = (out / "simulation.log").read_text(encoding="utf-8")
+    assert log.count("No fit_metrics_aggregation_fn provided") == 1, log
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == list(range(1, rounds + 1))
     stamps = [r["aggregated_at"] for r in metrics["rounds"]]  # read by the benchmarks
@@ -51,6 +61,16 @@ def test_heart_federation_writes_a_complete_run_directory(
         "auc_per_round.png",
         "final_per_site.png",
     }
+    # Each site explained the final model with SHAP into its own site home (issue 18).
+    for site in SITES:
+        explained = metrics["explanations"][site]
+        assert explained["count"] == 5 and "error" not in explained
+        folder = Path(explained["folder"])
+        home = isolated_state / "sites" / "heart" / site
+        assert folder == home / "runs" / metrics["run-id"] / "explanations"
+        assert sorted(p.name for p in folder.glob("*shap*.png")) == [
+            f"shap-importance-{site}.png", *(f"shap-waterfall-{site}-{i}.png" for i in range(4))]
+    assert not list(out.rglob("*shap*"))  # the pictures show patients: never in the run dir
     # The final model is the last round's checkpoint, and it loads into the pack's model.
     pack = get_task("heart")
     model = pack.build_model()

@@ -69,6 +69,7 @@ def test_a_heart_table_with_impossible_values_is_refused_naming_file_row_and_col
         ("epsilon=inf", "epsilon must be a finite number"),
         ("batch-size=0", "batch-size must be >= 1, got 0"),
         ("local-epochs=0", "local-epochs must be >= 1, got 0"),
+        ("round-timeout=-1", "round-timeout must be >= 0, got -1.0"),
         ("lr=0", "lr must be > 0"),
         ("momentum=1.5", "momentum must be in [0, 1)"),
         ("foo", "--set expects KEY=VALUE, got 'foo'"),

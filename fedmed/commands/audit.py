@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedmed.audit.verify import verify_tree
+from fedmed.audit.verify import verify_federation
+from fedmed.commands.privacy_audit import register_privacy_audit
+from fedmed.deploy.kit import load_coordinator_kit
 from fedmed.errors import FedmedError
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Exit 0 if every log under the folders is intact, 1 naming each bad file and line."""
+    """Exit 0 if every log under the folders is intact (and, with ``--kit``, signed by its
+    provisioned key), 1 naming each bad file and line. Keys not anchored by a kit are
+    listed as trusted on first use; witnessed or provisioned sites without a log here are
+    listed as not checked."""
     missing = [str(p) for p in args.folders if not p.exists()]
     if missing:
         raise FedmedError(f"audit verify: not found: {', '.join(missing)}")
-    checks = verify_tree(args.folders)
+    anchors = load_coordinator_kit(args.kit).trust_anchors() if args.kit else None
+    verification = verify_federation(args.folders, anchors)
+    checks = verification.checks
     if not checks:
         print(f"no audit logs (*.jsonl) found under {', '.join(map(str, args.folders))}")
         return 1
@@ -24,8 +31,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         else:
             where = f"line {check.line}: " if check.line is not None else ""
             print(f"FAIL  {check.path}: {where}{check.reason}")
+    for note in verification.not_checked:
+        print(f"NOT CHECKED  {note}")
+    first_use = sorted({(c.party, c.key) for c in checks if c.key and not c.anchored})
+    for party, key in first_use:
+        print(f"TRUSTED ON FIRST USE  {party or '(unnamed)'}: key {key} (stored beside its log)")
     bad = sum(not c.ok for c in checks)
-    print(f"{len(checks) - bad} of {len(checks)} audit logs intact")
+    anchored = f", keys anchored by {anchors.source}" if anchors else ""
+    print(f"{len(checks) - bad} of {len(checks)} audit logs intact{anchored}")
     return 1 if bad else 0
 
 
@@ -49,10 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "verify",
         help="check chain and signatures of every *.jsonl log under the folders",
         description="Check hash chain, Ed25519 signatures, exact bytes and the signed head of "
-        "every *.jsonl audit log under the folders (recursively). Exit 0 if all are intact, "
-        "1 otherwise, naming each file and the line of its first bad entry.",
+        "every *.jsonl audit log under the folders (recursively), every site log head the "
+        "coordinator witnessed, and each site's ledger against its signed releases. Exit 0 "
+        "if all are intact, 1 otherwise, naming each file and the line of its first bad "
+        "entry. Without --kit each log's key is trusted on first use (listed).",
     )
     verify.add_argument("folders", type=Path, nargs="+", metavar="DIR")
+    verify.add_argument(
+        "--kit",
+        type=Path,
+        help="the coordinator kit (or the folder fedmed provision wrote): every log must be "
+        "signed by the audit key provisioned for its party",
+    )
     verify.set_defaults(func=cmd_verify)
     report = actions.add_parser(
         "report",
@@ -64,3 +85,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("folders", type=Path, nargs="+", metavar="DIR")
     report.add_argument("--out", type=Path, required=True, help="report file (.html)")
     report.set_defaults(func=cmd_report)
+    register_privacy_audit(actions)

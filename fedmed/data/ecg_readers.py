@@ -30,6 +30,7 @@ import pandas as pd
 import pydicom
 from scipy.signal import resample_poly
 
+from fedmed.data.admission import FolderGate, ItemQuarantined
 from fedmed.errors import DataError
 
 COMMON_RATE = 100
@@ -68,28 +69,36 @@ class EcgRecording:
         return index
 
 
-def read_ecg(path: str | Path, sampling_rate: float | None = None) -> EcgRecording:
+def read_ecg(
+    path: str | Path, sampling_rate: float | None = None, gate: FolderGate | None = None
+) -> EcgRecording:
     """Read a WFDB (``.hea``/``.dat``), CSV or DICOM waveform (``.dcm``) ECG file.
 
     ``sampling_rate`` is required for CSV (the format does not store it) and ignored by the
-    others, which carry their own.
+    others, which carry their own. ``gate``: the site's de-id hooks (a node's admission
+    stage): a DICOM header passes the PS3.15 profile (or the file is quarantined:
+    :class:`~fedmed.data.admission.ItemQuarantined`), a WFDB header's comment lines are
+    removed and counted. A CSV export has no header fields beyond its lead names.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in WFDB_SUFFIXES:
-        return read_wfdb(path)
+        return read_wfdb(path, gate)
     if suffix == ".csv":
         return read_csv_ecg(path, sampling_rate)
     if suffix == ".dcm":
-        return read_dicom_ecg(path)
+        return read_dicom_ecg(path, gate=gate)
     raise DataError(
         f"{path}: unsupported ECG file type {path.suffix!r}; expected .hea/.dat (WFDB), "
         ".csv or .dcm (DICOM waveform)"
     )
 
 
-def read_wfdb(path: Path) -> EcgRecording:
-    """A WFDB record named by its ``.hea`` or ``.dat`` file (read locally, never from PhysioNet)."""
+def read_wfdb(path: Path, gate: FolderGate | None = None) -> EcgRecording:
+    """A WFDB record named by its ``.hea`` or ``.dat`` file (read locally, never from PhysioNet).
+
+    Only the signal, its rate, units and lead names are kept; ``gate`` admits the header
+    (its comment lines removed and counted in the site's signed batch report)."""
     header = path.with_suffix(".hea")
     _require_file(header, "WFDB header")
     with warnings.catch_warnings():  # wfdb's import warns about pandas API it uses; not ours
@@ -97,8 +106,13 @@ def read_wfdb(path: Path) -> EcgRecording:
         warnings.simplefilter("ignore", DeprecationWarning)
         import wfdb  # lazily: every simulated node imports this module, few read WFDB
     try:
-        _check_claimed_length(path, wfdb.rdheader(str(path.with_suffix(""))))
-        record = wfdb.rdrecord(str(path.with_suffix("")))
+        with warnings.catch_warnings():  # wfdb calls pandas with inplace=True (pandas 3.1 warns)
+            warnings.filterwarnings("ignore", message="The inplace keyword", category=Warning)
+            head = wfdb.rdheader(str(path.with_suffix("")))
+            _check_claimed_length(path, head)
+            if gate is not None:
+                gate.wfdb_header(header, [str(line) for line in head.comments or []])
+            record = wfdb.rdrecord(str(path.with_suffix("")))
         signal = record.p_signal
         fs = float(record.fs)
         names = tuple(str(name) for name in (record.sig_name or []))
@@ -169,8 +183,10 @@ def read_csv_ecg(path: Path, sampling_rate: float | None) -> EcgRecording:
     return _recording(path, table.to_numpy(dtype=np.float64).T, float(sampling_rate), names)
 
 
-def read_dicom_ecg(path: Path, group: int = 0) -> EcgRecording:
-    """A DICOM waveform object (e.g. a 12-lead ECG); multiplex group ``group`` (0: rhythm)."""
+def read_dicom_ecg(path: Path, group: int = 0, gate: FolderGate | None = None) -> EcgRecording:
+    """A DICOM waveform object (e.g. a 12-lead ECG); multiplex group ``group`` (0: rhythm).
+    ``gate``: its header is de-identified (or the file quarantined) before the waveform
+    is decoded."""
     _require_file(path, "DICOM file")
     try:
         # From memory, never from the file: pydicom asks the file for as many bytes as an
@@ -180,6 +196,9 @@ def read_dicom_ecg(path: Path, group: int = 0) -> EcgRecording:
     # pydicom raises InvalidDicomError, OSError, EOFError, ValueError… for damaged files.
     except Exception as exc:
         raise DataError(f"{path}: not a readable DICOM file ({_describe(exc)})") from None
+    if gate is not None:
+        dataset.filename = str(path)  # the gate names a quarantined file by it
+        dataset = gate.dicom_header(dataset)
     sequence = dataset.get("WaveformSequence")
     if not sequence or group >= len(sequence):
         raise DataError(f"{path}: DICOM file has no waveform group {group} (not an ECG waveform?)")
@@ -234,8 +253,13 @@ def resample_to_common(trace: np.ndarray, fs: float) -> np.ndarray:
     return resample_poly(trace.astype(np.float64), ratio.numerator, ratio.denominator)
 
 
-def read_labelled_folder(folder: Path, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def read_labelled_folder(
+    folder: Path, class_names: Sequence[str], gate: FolderGate | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Model windows and labels for a site folder holding ``labels.csv`` and ECG files.
+
+    ``gate``: the site's de-id hooks (:func:`read_ecg`); a quarantined recording is left
+    out, listed with its reason in the gate's signed batch report.
 
     ``labels.csv`` has columns ``file`` (relative to ``folder``) and ``label`` (a class index
     or one of ``class_names``), optionally ``sampling_rate`` (required for CSV recordings)
@@ -248,7 +272,10 @@ def read_labelled_folder(folder: Path, class_names: Sequence[str]) -> tuple[np.n
         path = folder / str(row.file)
         label = _parse_label(row.label, class_names, table_path, number)
         fs = _sampling_rate(getattr(row, "sampling_rate", None), table_path, number)
-        recording = read_ecg(path, fs)
+        try:
+            recording = read_ecg(path, fs, gate)
+        except ItemQuarantined:
+            continue
         lead = _optional(getattr(row, "lead", None))
         index = recording.lead_index(0 if lead is None else lead)
         try:
@@ -256,6 +283,8 @@ def read_labelled_folder(folder: Path, class_names: Sequence[str]) -> tuple[np.n
         except DataError as exc:
             raise DataError(f"{path}: {exc}") from None
         labels.append(label)
+    if not windows:
+        raise DataError(f"{table_path}: every recording was quarantined by the de-id gate")
     return np.stack(windows), np.asarray(labels, dtype=np.int64)
 
 

@@ -14,6 +14,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 
+from fedmed.data.admission import AdmissionStage
 from fedmed.errors import ConfigError
 from fedmed.tasks.base import SiteData, TaskPack
 
@@ -59,11 +60,17 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_task(name: str) -> TaskPack:
-    """A new instance of the pack registered as ``name``; ConfigError if unknown."""
+def get_task(name: str, admission: AdmissionStage | None = None) -> TaskPack:
+    """A new instance of the pack registered as ``name``; ConfigError if unknown.
+
+    ``admission``: the site's de-identification stage the pack reads raw data through (a
+    node passes its site home's, so every admitted batch is signed into its audit log).
+    ``name`` may carry the pack's own settings (``config.task``, a
+    :class:`fedmed.config.TaskRef`): the pack is configured with them, ConfigError if it
+    does not take one of them or refuses its value."""
     _discover()
     try:
-        return _REGISTRY[name]()
+        pack = _REGISTRY[name]()
     except KeyError:
         missing = _UNAVAILABLE.get(name.replace("-", "_"))
         if missing:
@@ -71,3 +78,6 @@ def get_task(name: str) -> TaskPack:
         raise ConfigError(
             f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}"
         ) from None
+    pack.configure(dict(getattr(name, "settings", {})))
+    pack.admission = admission
+    return pack

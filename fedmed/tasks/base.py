@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -22,6 +22,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fedmed.config import Scalar
+from fedmed.data.admission import AdmissionStage
+from fedmed.errors import ConfigError
 from fedmed.explain.base import Explainer
 
 
@@ -52,6 +55,11 @@ class TaskPack(ABC):
     :class:`~fedmed.explain.base.Explainer`: Grad-CAM, mask overlays, ECG saliency, text
     evidence, PHI review); :meth:`explain` runs it and :attr:`explanation_kind` is its
     ``kind``. A pack without one (``None``) explains nothing.
+
+    A pack reads a site's raw data only through its :attr:`admission` stage (the de-id gate,
+    docs/architecture.md § Data flow): the node sets it to the stage of its site home
+    (:func:`fedmed.tasks.get_task`), so every batch is signed into the site's audit log;
+    without one, :meth:`admission_stage` gives the unsigned local stage.
     """
 
     name: ClassVar[str]
@@ -63,6 +71,26 @@ class TaskPack(ABC):
     default_local_epochs: ClassVar[int] = 1
     explainer: ClassVar[Explainer | None] = None  # None: the pack explains nothing
     explain_examples: ClassVar[int] = 4  # test examples a site explains at the end of a run
+    admission: AdmissionStage | None = None  # set per instance by get_task on a node
+
+    def configure(self, settings: Mapping[str, Scalar]) -> None:
+        """Take the pack's own settings (``backbone``, ``image-size``, … of the federation
+        config; :func:`fedmed.tasks.get_task` passes them). A pack that takes none refuses
+        any, so a setting can never be silently ignored."""
+        if settings:
+            raise ConfigError(
+                f"task {self.name!r} takes no {', '.join(sorted(settings))} setting "
+                "(only the imaging packs do: docs/imaging.md)"
+            )
+
+    def admission_stage(self, site: str) -> AdmissionStage:
+        """The stage ``site``'s raw data pass (the node's, else the local unsigned one)."""
+        if self.admission is None:
+            return AdmissionStage.local(self.name, site)
+        if self.admission.site != site:
+            raise ConfigError(f"this {self.name} pack admits data of site "
+                              f"{self.admission.site!r}, not {site!r}")
+        return self.admission
 
     @property
     def explanation_kind(self) -> str:
@@ -129,3 +157,18 @@ def fingerprint_arrays(arrays: Sequence[np.ndarray]) -> str:
         digest.update(str(contiguous.shape).encode())
         digest.update(contiguous.tobytes())
     return digest.hexdigest()
+
+
+def binary_logit_scores(
+    model: nn.Module, dataset: Dataset, device: torch.device
+) -> dict[str, float]:
+    """Accuracy and AUC of a one-logit binary classifier (the tabular packs' metrics); AUC is
+    NaN on a split with one class only, as a small site's test split can be."""
+    from sklearn.metrics import roc_auc_score
+
+    logits, targets = predict(model, dataset, device)
+    labels = targets.numpy()
+    scores = torch.sigmoid(logits).numpy()
+    accuracy = float(((scores >= 0.5) == (labels >= 0.5)).mean())
+    auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) > 1 else float("nan")
+    return {"accuracy": accuracy, "auc": auc}

@@ -30,6 +30,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from fedmed.data.admission import AdmissionStage
 from fedmed.data.ecg_readers import LABELS_FILE, WINDOW_SAMPLES, read_labelled_folder
 from fedmed.data.ecg_synth import CLASS_NAMES, SITES, make_site_windows
 from fedmed.data.site_folders import site_folders
@@ -137,7 +138,8 @@ class EcgTask(TaskPack):
             data = make_site_windows(site, DATA_SEED)
             x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
         else:
-            x_train, y_train, x_test, y_test = _load_real_site(Path(data_dir) / site)
+            x_train, y_train, x_test, y_test = _load_real_site(
+                Path(data_dir) / site, self.admission_stage(site), self.name)
         return SiteData(
             site=site,
             train=_dataset(x_train, y_train),
@@ -169,11 +171,16 @@ def _dataset(windows: np.ndarray, labels: np.ndarray) -> TensorDataset:
     return TensorDataset(inputs, torch.from_numpy(labels.astype(np.int64)))
 
 
-def _load_real_site(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Windows of a real site folder, split train/test by class with a fixed seed."""
+def _load_real_site(
+    folder: Path, stage: AdmissionStage, task: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of a real site folder through the site's de-id gate (DICOM headers, WFDB
+    comments; the batch signed before the windows are returned), split train/test by class
+    with a fixed seed."""
     if not folder.is_dir():
         raise DataError(f"{folder}: site folder not found")
-    windows, labels = read_labelled_folder(folder, CLASS_NAMES)
+    with stage.folder_batch("ecg", task, folder) as gate:
+        windows, labels = read_labelled_folder(folder, CLASS_NAMES, gate)
     is_test = stratified_split(labels, TEST_FRACTION, SPLIT_SEED)
     if is_test.all() or not is_test.any():
         raise DataError(f"{folder / LABELS_FILE}: too few recordings ({len(labels)}) to split")

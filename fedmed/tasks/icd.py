@@ -5,10 +5,10 @@ model. The built-in sites hold the raw synthetic notes of :mod:`fedmed.data.icd_
 codes, long-tailed, negated mentions, per-hospital dialects, PHI in every note);
 :func:`load_site` hands them to :func:`fedmed.data.text_admission.admitted_site_notes`, which
 runs the site's gate and caches what it released. Only released text ever reaches
-:func:`~fedmed.tasks.icd_encoding.encode`. The site home that holds the gate's secret,
-quarantine and cache is ``data_dir`` when given, else ``<state>/gate/icd/<site>`` — not
-``<state>/sites/<federation>/<site>``: the node creates that folder whole on its first round
-and refuses one that already exists without a policy, and packs load their data before that.
+:func:`~fedmed.tasks.icd_encoding.encode`. The gate is the pack's admission stage
+(:meth:`~fedmed.tasks.base.TaskPack.admission_stage`): on a node the site home's, which keeps
+the gate's secret, quarantine and cache in the home and signs each batch into its audit log;
+outside a node (local studies, the CLI's preflight) ``<state>/gate/icd/<site>``, unsigned.
 
 The pack's parts, one module each:
 
@@ -21,13 +21,15 @@ The pack's parts, one module each:
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from fedmed.data.icd_notes import NOTES_FILE, read_site_notes
+from fedmed.data.admission import AdmissionStage
+from fedmed.data.icd_notes import NOTES_FILE, site_notes
 from fedmed.data.icd_synth import (
     CODE_IDS,
     N_TEST_DEFAULT,
@@ -36,7 +38,7 @@ from fedmed.data.icd_synth import (
     builtin_site_notes,
 )
 from fedmed.data.site_folders import site_folders
-from fedmed.data.text_admission import Admission, admitted_site_notes
+from fedmed.data.text_admission import Admission, admitted_notes, admitted_site_notes
 from fedmed.errors import ConfigError, DataError
 from fedmed.explain.text_evidence import TextEvidence
 from fedmed.state import state_dir
@@ -47,12 +49,12 @@ from fedmed.tasks.icd_model import CamlNet, coding_scores
 
 
 def default_site_home(site: str) -> Path:
-    """Where a simulated site's gate keeps its secret, quarantine and admitted notes."""
+    """Where a site's gate keeps its secret, quarantine and admitted notes outside a node."""
     return state_dir("gate", "icd", site)
 
 
 def admit_site(site: str, site_home: Path, n_train: int = N_TRAIN_DEFAULT,
-               n_test: int = N_TEST_DEFAULT) -> Admission:
+               n_test: int = N_TEST_DEFAULT, stage: AdmissionStage | None = None) -> Admission:
     """The built-in raw notes of ``site`` through its gate (cached after the first call).
 
     The built-in sites are one fixed draw: test notes never depend on the training seed
@@ -84,11 +86,17 @@ class IcdTask(TaskPack):
 
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
         """A built-in site, or with ``data_dir`` the hospital's own ``<site>/notes.jsonl``
-        (:mod:`fedmed.data.icd_notes`); either way through the site's gate first."""
+        (:mod:`fedmed.data.icd_notes`, read note by note: a long note is never held whole
+        while it is admitted); either way through the site's gate first."""
+        if self.admission is None:  # outside a node: the shared local gate of the icd packs
+            stage = AdmissionStage(site, default_site_home(site))
+        else:
+            stage = self.admission_stage(site)
         if data_dir is None:
-            return self.load_builtin_site(site, default_site_home(site))
-        raw = read_site_notes(Path(data_dir) / site / NOTES_FILE, self.codes)
-        return self.site_data(site, admitted_site_notes("icd", site, default_site_home(site), raw))
+            return self.site_data(site, admit_site(site, stage.home, stage=stage))
+        notes = partial(site_notes, Path(data_dir) / site / NOTES_FILE, self.codes)
+        return self.site_data(site, admitted_notes("icd", site, stage.home, notes,
+                                                   stage.config, sign=stage.sign))
 
     def load_builtin_site(self, site: str, gate_home: Path) -> SiteData:
         """A built-in site with its gate's files under ``gate_home`` (tests keep their own)."""
