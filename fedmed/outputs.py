@@ -8,6 +8,9 @@ already measured), ``checkpoints/round-NNN.npz`` (global weights after each roun
 wall-clock ``aggregated_at`` and the seconds each exchange with the nodes took,
 ``exchange_seconds``). With client-level DP, ``client_privacy.epsilon|delta`` sits
 beside ``privacy``; a run the coordinator stopped early has ``stopped.round|reason``.
+``status`` is ``running`` while a deployed run's ServerApp works, then how it ended
+(``completed``, ``stopped: <reason>``, ``failed``, or ``interrupted`` when the coordinator found
+its ServerApp process dead: :mod:`fedmed.deploy.runs`).
 ``explanations.<site>`` says where each site holds its explanations of the final model
 (``round``, ``count``, ``folder``, ``error``; the files stay at the site,
 :mod:`fedmed.explain.outcome`), and ``report.md`` is the run's report for people

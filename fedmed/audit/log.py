@@ -18,8 +18,9 @@ the end — the one change a hash chain alone cannot show.
 Kinds written by fedmed: ``log-start``, ``run-start``, ``run-end``, ``round`` (the
 coordinator's per-round record with the model hash and the sites' log heads it
 saw), ``round-participation``, ``dp-release``, ``refusal``, ``policy-change`` (a site's
-``policy.toml`` digest and budget, signed when first seen and whenever it changes), and
-``deid-batch`` (the de-identification gate's batch reports; any caller may add kinds
+``policy.toml`` digest and budget, signed when first seen and whenever it changes),
+``run-interrupted`` (the coordinator found a run's ServerApp dead and closed the run:
+:mod:`fedmed.deploy.runs`) and ``deid-batch`` (the de-identification gate's batch reports; any caller may add kinds
 via :meth:`AuditLog.append`).
 """
 
