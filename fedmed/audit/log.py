@@ -20,8 +20,8 @@ coordinator's per-round record with the model hash and the sites' log heads it
 saw), ``round-participation``, ``dp-release``, ``refusal``, ``policy-change`` (a site's
 ``policy.toml`` digest and budget, signed when first seen and whenever it changes),
 ``run-interrupted`` (the coordinator found a run's ServerApp dead and closed the run:
-:mod:`fedmed.deploy.runs`) and ``deid-batch`` (the de-identification gate's batch reports; any caller may add kinds
-via :meth:`AuditLog.append`).
+:mod:`fedmed.deploy.runs`) and ``deid-batch`` (the de-identification gate's batch
+reports; any caller may add kinds via :meth:`AuditLog.append`).
 """
 
 from __future__ import annotations

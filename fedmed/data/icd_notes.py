@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedmed.data.text_admission import write_private
+from fedmed.data.private_files import write_private
 from fedmed.deid.notetext import Note, Spill, SpilledText
 from fedmed.deid.phi import Document
 from fedmed.deid.records import JsonLineError, jsonl_records

@@ -50,16 +50,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from fedmed.data.admission import Signer
+from fedmed.data.private_files import staged_private, write_private
 from fedmed.deid.config import DeidConfig
 from fedmed.deid.gate import Gate
 from fedmed.deid.notetext import Note, NoteText, Spill, discard, text_pieces
@@ -171,7 +170,7 @@ def admitted_notes(
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         held: list[dict[str, str]] = []
         released = 0
-        with _staged(notes_file) as (out, staging):
+        with staged_private(notes_file) as (out, staging):
             for note, text in gate.admit_stream(read(hold, spill), batch, spill):
                 if text is None:
                     continue
@@ -318,26 +317,3 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def _staged(path: Path) -> Iterator[tuple[TextIO, Path]]:
-    """A new private (0600) text file that replaces ``path`` whole when the block ends
-    without error (a concurrent reader sees the old file or the new one) and is removed
-    otherwise."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            yield out, staging
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
-def write_private(path: Path, content: str | bytes) -> None:
-    """Write ``path`` with mode 0600, atomically (a concurrent reader sees old or new, whole)."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(staging, path)

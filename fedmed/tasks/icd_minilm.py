@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedmed.data.text_admission import write_private
+from fedmed.data.private_files import write_private
 from fedmed.explain.text_evidence import CodeEvidence, evidence_from_attention
 from fedmed.tasks import register_task
 from fedmed.tasks.icd import IcdTask

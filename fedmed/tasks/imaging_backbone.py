@@ -39,7 +39,7 @@ from torch.utils.data import TensorDataset
 
 from fedmed.config import Scalar
 from fedmed.data.imaging_synth import IMAGE_SIZE, check_size
-from fedmed.data.text_admission import write_private
+from fedmed.data.private_files import write_private
 from fedmed.errors import ConfigError
 from fedmed.tasks.efficientnet_lite import (
     BLOCKS,
