@@ -23,7 +23,7 @@ from fedmed.explain.text_evidence import evidence_records, write_evidence
 from fedmed.state import state_root
 from fedmed.tasks import get_task, task_names
 from fedmed.tasks.icd import IcdTask, admit_site, default_site_home
-from fedmed.tasks.icd_encoding import MAX_TOKENS, NotesDataset, encode
+from fedmed.tasks.icd_encoding import MAX_TOKENS, NotesDataset, encode, tokenize
 from fedmed.tasks.icd_model import CamlNet, coding_scores
 from fedmed.training.loop import TrainSettings, train_round
 
@@ -226,6 +226,15 @@ def test_hashed_tokens_need_no_shared_vocabulary() -> None:
     assert ids.shape == (2, MAX_TOKENS) and ids.dtype == torch.int64
     assert torch.equal(ids[0], ids[1])  # case and digit values fold away
     assert int(ids[0, :4].min()) >= 1 and int(ids[0, 4:].max()) == 0
+
+
+def test_a_long_note_is_tokenised_only_as_far_as_the_model_reads() -> None:
+    """A released note can be megabytes long; its encoding lists MAX_TOKENS tokens, not all."""
+    words = ["htn", "t2dm", "copd", "afib"]
+    note = " ".join(words[i % 4] for i in range(200_000))  # ~1 MB, 200,000 tokens
+    assert len(tokenize(note, MAX_TOKENS)) == MAX_TOKENS
+    assert tokenize(note, 3) == [("htn", 0, 3), ("t0dm", 4, 8), ("copd", 9, 13)]
+    assert torch.equal(encode([note])[0], encode([note[:2000]])[0])  # the same first tokens
 
 
 def test_model_shapes_and_dp_compatibility(pack: IcdTask, rural) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,13 @@ MAX_TOKENS = 192
 TOKEN_RE = re.compile(r"[a-z0-9]+")
 
 
-def tokenize(text: str) -> list[tuple[str, int, int]]:
-    """Word tokens of ``text`` with their character offsets, normalised for hashing."""
-    return [(re.sub(r"\d", "0", m.group()), m.start(), m.end())
-            for m in TOKEN_RE.finditer(text.lower())]
+def tokenize(text: str, limit: int | None = None) -> list[tuple[str, int, int]]:
+    """Word tokens of ``text`` with their character offsets, normalised for hashing; the first
+    ``limit`` only when given. The model reads :data:`MAX_TOKENS` tokens, so the encoders stop
+    there: a released note may be megabytes long (the gate scrubs long notes window by
+    window), and listing all its tokens would cost memory in proportion to it."""
+    matches = islice(TOKEN_RE.finditer(text.lower()), limit)
+    return [(re.sub(r"\d", "0", m.group()), m.start(), m.end()) for m in matches]
 
 
 def token_id(token: str) -> int:
@@ -45,7 +49,7 @@ def encode(texts: Sequence[str], max_tokens: int = MAX_TOKENS) -> torch.Tensor:
     """A (notes × ``max_tokens``) int64 tensor of token ids, zero-padded, truncated at the end."""
     ids = torch.zeros((len(texts), max_tokens), dtype=torch.int64)
     for row, text in enumerate(texts):
-        tokens = [token_id(tok) for tok, _, _ in tokenize(text)[:max_tokens]]
+        tokens = [token_id(tok) for tok, _, _ in tokenize(text, max_tokens)]
         ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
     return ids
 

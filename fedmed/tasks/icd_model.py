@@ -60,7 +60,7 @@ class CamlNet(nn.Module):
     def evidence(self, text: str, top_k: int = 3) -> list[CodeEvidence]:
         """:func:`evidence_from_attention` of ``text``; a span covers the convolution's receptive
         field around an attended word (what the model saw there)."""
-        tokens = tokenize(text)[:MAX_TOKENS]
+        tokens = tokenize(text, MAX_TOKENS)
         if not tokens:
             return []
         self.eval()
