@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fedmed.config import Scalar
 from fedmed.data.admission import AdmissionStage
@@ -172,3 +172,36 @@ def binary_logit_scores(
     accuracy = float(((scores >= 0.5) == (labels >= 0.5)).mean())
     auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) > 1 else float("nan")
     return {"accuracy": accuracy, "auc": auc}
+
+
+class BinaryLogitPack(TaskPack):
+    """A tabular risk pack: one logistic layer over ``num_inputs`` encoded columns, binary
+    cross-entropy on the logit, accuracy and AUC. The heart and rhDNase packs differ only in
+    how a site's table becomes arrays, so the model, loss and scores live here once."""
+
+    metrics = ("accuracy", "auc")
+    primary_metric = "accuracy"
+    num_inputs: ClassVar[int]
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(self.num_inputs, 1), nn.Flatten(0))
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(outputs, targets.float())
+
+    def evaluate(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> dict[str, float]:
+        return binary_logit_scores(model, dataset, device)
+
+
+def array_site_data(site: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                    y_test: np.ndarray) -> SiteData:
+    """A site's train and test arrays as tensor datasets, fingerprinted over all four."""
+    return SiteData(
+        site=site,
+        train=TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
+        val=None,
+        test=TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
+        fingerprint=fingerprint_arrays([x_train, y_train, x_test, y_test]),
+    )

@@ -35,16 +35,14 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
 
 from fedmed.data.admission import AdmissionStage
 from fedmed.data.splits import stratified_split
 from fedmed.errors import ConfigError, DataError
 from fedmed.explain.tabular_shap import TabularShap
 from fedmed.tasks import register_task
-from fedmed.tasks.base import SiteData, TaskPack, binary_logit_scores, fingerprint_arrays
+from fedmed.tasks.base import BinaryLogitPack, SiteData, array_site_data
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "uci_heart"
 SITE_FILES = {
@@ -210,11 +208,10 @@ def site_arrays(
 
 
 @register_task("heart")
-class HeartTask(TaskPack):
+class HeartTask(BinaryLogitPack):
     """Binary heart-disease prediction with a logistic-regression-sized model."""
 
-    metrics = ("accuracy", "auc")
-    primary_metric = "accuracy"
+    num_inputs = 2 * len(FEATURES)  # each feature and its missing-value indicator
     default_sites = tuple(SITE_FILES)
     default_lr = 0.05
     default_batch_size = 16
@@ -236,24 +233,7 @@ class HeartTask(TaskPack):
             raise DataError(f"{folder}: data folder not found")
         table = read_site_table(folder / SITE_FILES[site], self.admission_stage(site))
         x_train, y_train, x_test, y_test = site_arrays(table, self.preprocessing)
-        return SiteData(
-            site=site,
-            train=TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
-            val=None,
-            test=TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
-            fingerprint=fingerprint_arrays([x_train, y_train, x_test, y_test]),
-        )
-
-    def build_model(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(2 * len(FEATURES), 1), nn.Flatten(0))
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(outputs, targets.float())
-
-    def evaluate(
-        self, model: nn.Module, dataset: Dataset, device: torch.device
-    ) -> dict[str, float]:
-        return binary_logit_scores(model, dataset, device)
+        return array_site_data(site, x_train, y_train, x_test, y_test)
 
     def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
         """SHAP's expected value is taken over the site's own training rows, so the explainer

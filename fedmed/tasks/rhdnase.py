@@ -38,15 +38,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
-from torch.utils.data import Dataset, TensorDataset
 
 from fedmed.data.admission import AdmissionStage
 from fedmed.data.splits import stratified_split
 from fedmed.errors import ConfigError, DataError
 from fedmed.tasks import register_task
-from fedmed.tasks.base import SiteData, TaskPack, binary_logit_scores, fingerprint_arrays
+from fedmed.tasks.base import BinaryLogitPack, SiteData, array_site_data
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "rhdnase"
 TABLE_FILE = "rhdnase.csv"
@@ -166,11 +163,10 @@ def split_site_names() -> tuple[str, ...]:
 
 
 @register_task("rhdnase")
-class RhDNaseTask(TaskPack):
+class RhDNaseTask(BinaryLogitPack):
     """Exacerbation during the trial, per patient, at each of the 51 institutions."""
 
-    metrics = ("accuracy", "auc")
-    primary_metric = "accuracy"
+    num_inputs = len(FEATURE_NAMES)
     default_sites = tuple(institution_site(i) for i in range(1, NUM_INSTITUTIONS + 1))
     default_lr = 0.1
     default_batch_size = 8
@@ -206,24 +202,7 @@ class RhDNaseTask(TaskPack):
                             "both a training and a test split")  # fmt: skip
         x_train, y_train = features[~is_test], labels[~is_test]
         x_test, y_test = features[is_test], labels[is_test]
-        return SiteData(
-            site=site,
-            train=TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
-            val=None,
-            test=TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
-            fingerprint=fingerprint_arrays([x_train, y_train, x_test, y_test]),
-        )
-
-    def build_model(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(len(FEATURE_NAMES), 1), nn.Flatten(0))
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(outputs, targets.float())
-
-    def evaluate(
-        self, model: nn.Module, dataset: Dataset, device: torch.device
-    ) -> dict[str, float]:
-        return binary_logit_scores(model, dataset, device)
+        return array_site_data(site, x_train, y_train, x_test, y_test)
 
 
 @register_task("rhdnase-split")
