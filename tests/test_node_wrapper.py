@@ -106,6 +106,20 @@ class TwoTasks:
         pass
 
 
+def serve_two_tasks() -> list[str]:
+    """Run the worker's serve loop until two tasks ended; their statuses in order."""
+    stop = threading.Event()
+    statuses: list[str] = []
+
+    def on_task(status: str) -> None:
+        statuses.append(status)
+        if len(statuses) == 2:
+            stop.set()
+
+    warm_worker.serve("127.0.0.1:1", stop, poll_seconds=0.01, on_task=on_task)
+    return statuses
+
+
 def test_a_task_that_fails_outside_the_app_does_not_stop_the_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -119,15 +133,7 @@ def test_a_task_that_fails_outside_the_app_does_not_stop_the_worker(
 
     monkeypatch.setattr(warm_worker, "_client", lambda *_args: TwoTasks())
     monkeypatch.setattr(warm_worker, "run_task", run_task)
-    stop = threading.Event()
-    statuses: list[str] = []
-
-    def on_task(status: str) -> None:
-        statuses.append(status)
-        if len(statuses) == 2:
-            stop.set()
-
-    warm_worker.serve("127.0.0.1:1", stop, poll_seconds=0.01, on_task=on_task)
+    statuses = serve_two_tasks()
     assert ran == ["first", "second"]
     assert statuses == [SubStatus.FAILED, SubStatus.COMPLETED]
 
@@ -187,14 +193,6 @@ def test_the_newer_task_of_a_superseded_one_runs_next(monkeypatch: pytest.Monkey
     api.tokens = ["stale"]  # "fresh" comes from the superseded task, not from AcquireTask
     monkeypatch.setattr(warm_worker, "_client", lambda *_args: api)
     monkeypatch.setattr(warm_worker, "run_task", run_task)
-    stop = threading.Event()
-    statuses: list[str] = []
-
-    def on_task(status: str) -> None:
-        statuses.append(status)
-        if len(statuses) == 2:
-            stop.set()
-
-    warm_worker.serve("127.0.0.1:1", stop, poll_seconds=0.01, on_task=on_task)
+    statuses = serve_two_tasks()
     assert ran == ["stale", "fresh"]
     assert statuses == [SubStatus.FAILED, SubStatus.COMPLETED]
