@@ -98,13 +98,15 @@ class FederationConfig:
     # Deployed runs: name each node by the site its key was registered for (the coordinator
     # home's identities.json, fedmed.server.identities), never by the node's own reply.
     registered_sites: bool = False
-    # Settings of the task pack itself (None: the pack's default; only the imaging packs take
-    # them, docs/imaging.md). They travel inside ``task`` (a :class:`TaskRef`), so every
+    # Settings of the task pack itself (None: the pack's default; the imaging packs take them
+    # all, the ECG packs ``augment``: docs/imaging.md, docs/task-packs.md § Augmentation).
+    # They travel inside ``task`` (a :class:`TaskRef`), so every
     # process that builds the pack from ``config.task`` builds the same model on the same data.
     backbone: str | None = None
     image_size: int | None = None
     fine_tune: str | None = None
     backbone_norm: str | None = None
+    augment: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", TaskRef(str(self.task), self.pack_settings()))
@@ -289,10 +291,10 @@ class TaskRef(str):
 # Settings whose default is "absent" (None: the task pack's default), with their type.
 _OPTIONAL: dict[str, type] = {
     "local_epochs": int, "batch_size": int, "lr": float,
-    "backbone": str, "image_size": int, "fine_tune": str, "backbone_norm": str,
+    "backbone": str, "image_size": int, "fine_tune": str, "backbone_norm": str, "augment": str,
 }  # fmt: skip
 # The task pack's own settings (fedmed.tasks.base.TaskPack.configure reads them).
-PACK_SETTINGS = ("backbone", "image_size", "fine_tune", "backbone_norm")
+PACK_SETTINGS = ("backbone", "image_size", "fine_tune", "backbone_norm", "augment")
 
 
 def _name(field_name: str) -> str:

@@ -74,13 +74,13 @@ class TaskPack(ABC):
     admission: AdmissionStage | None = None  # set per instance by get_task on a node
 
     def configure(self, settings: Mapping[str, Scalar]) -> None:
-        """Take the pack's own settings (``backbone``, ``image-size``, … of the federation
-        config; :func:`fedmed.tasks.get_task` passes them). A pack that takes none refuses
-        any, so a setting can never be silently ignored."""
+        """Take the pack's own settings (``backbone``, ``image-size``, ``augment``, … of the
+        federation config; :func:`fedmed.tasks.get_task` passes them). A pack that takes none
+        refuses any, so a setting can never be silently ignored."""
         if settings:
             raise ConfigError(
                 f"task {self.name!r} takes no {', '.join(sorted(settings))} setting "
-                "(only the imaging packs do: docs/imaging.md)"
+                "(the imaging and ECG packs take some: docs/task-packs.md)"
             )
 
     def admission_stage(self, site: str) -> AdmissionStage:

@@ -10,6 +10,11 @@ Either way each recording becomes a 5 s, 100 Hz, standardised window through
 :func:`fedmed.data.ecg_readers.to_model_input`; :func:`predict_windows` runs inference on
 windows made the same way, so training and deployment cannot drift apart.
 
+Setting: ``augment`` (``none``, ``light``, ``strong`` or a comma list): the training split
+gives a fresh view of each window per draw — baseline wander, powerline and muscle noise,
+amplitude scaling, time shift, lead dropout (:mod:`fedmed.tasks.ecg_augment`,
+:mod:`fedmed.tasks.augmentation`); the test split is never augmented.
+
 Model: a small 1-D CNN after the stacked-convolution ECG classifiers (Acharya et al. 2017;
 Hannun et al. 2019) — convolution blocks with GroupNorm (BatchNorm is incompatible with
 DP-SGD's per-sample gradients), ReLU and max-pooling, then global average pooling and a
@@ -22,6 +27,7 @@ the last feature map (~31 steps of 0.16 s) before pooling, for each window's pre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +36,18 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from fedmed.config import Scalar
 from fedmed.data.admission import AdmissionStage
 from fedmed.data.ecg_readers import LABELS_FILE, WINDOW_SAMPLES, read_labelled_folder
 from fedmed.data.ecg_synth import CLASS_NAMES, SITES, make_site_windows
 from fedmed.data.site_folders import site_folders
 from fedmed.data.splits import stratified_split
-from fedmed.errors import DataError
+from fedmed.errors import ConfigError, DataError
 from fedmed.explain.ecg_saliency import EcgSaliency
 from fedmed.tasks import register_task
+from fedmed.tasks.augmentation import SETTING, training_split
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
+from fedmed.tasks.ecg_augment import EcgView, ecg_transforms
 
 TEST_FRACTION = 0.25
 SPLIT_SEED = 42
@@ -127,6 +136,14 @@ class EcgTask(TaskPack):
     default_local_epochs = 2
     class_names = CLASS_NAMES
     explainer = EcgSaliency(last_layer_name(conv_features(BLOCKS)), CLASS_NAMES)
+    augment: tuple[str, ...] = ()  # get_task configures each instance
+
+    def configure(self, settings: Mapping[str, Scalar]) -> None:
+        """``augment`` only (module docstring); the model and windows take no settings."""
+        others = sorted(set(settings) - {SETTING})
+        if others:
+            raise ConfigError(f"task {self.name!r} takes only {SETTING}; not {', '.join(others)}")
+        self.augment = ecg_transforms(str(settings.get(SETTING, "none")))
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
@@ -142,7 +159,8 @@ class EcgTask(TaskPack):
                 Path(data_dir) / site, self.admission_stage(site), self.name)
         return SiteData(
             site=site,
-            train=_dataset(x_train, y_train),
+            train=training_split(_dataset(x_train, y_train),
+                                 EcgView(self.augment) if self.augment else None),
             val=None,
             test=_dataset(x_test, y_test),
             fingerprint=fingerprint_arrays([x_train, y_train, x_test, y_test]),

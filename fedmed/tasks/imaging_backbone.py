@@ -11,7 +11,11 @@ carries them to every process):
   block, the 1×1 head convolution and the linear layer) or ``all``;
 - ``backbone-norm`` (pretrained backbone only): ``frozen-bn`` (default; ImageNet's BatchNorm
   statistics and affine kept as constants) or ``groupnorm`` (BatchNorm replaced by trainable
-  GroupNorm; the pretrained statistics are lost).
+  GroupNorm; the pretrained statistics are lost);
+- ``augment``: training-time augmentation, ``none`` (default), ``light``, ``strong`` or a comma
+  list of transforms (:mod:`fedmed.tasks.imaging_augment`). Refused with ``head`` or
+  ``last-blocks``: those train on encodings made once per image (below), and a new view of an
+  image every step would have to be encoded again every step.
 
 Why the frozen part runs once per site (:class:`LiteCut`): with ``head`` or ``last-blocks``
 everything below the cut is a fixed function of the image and public weights, so a site
@@ -29,7 +33,7 @@ import hashlib
 import io
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -50,6 +54,7 @@ from fedmed.tasks.efficientnet_lite import (
     pretrained_lite0,
     to_group_norm,
 )
+from fedmed.tasks.imaging_augment import imaging_transforms
 
 SCRATCH = "densenet-small"
 PRETRAINED = "efficientnet-lite0"
@@ -72,6 +77,8 @@ class ImagingSettings:
     backbone: str = SCRATCH
     fine_tune: str = "all"
     backbone_norm: str = "frozen-bn"
+    # Not in the repr, which names cached encodings (cached_encoding): views never reach them.
+    augment: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def parse(cls, settings: Mapping[str, Scalar], accepted: tuple[str, ...]) -> ImagingSettings:
@@ -82,6 +89,7 @@ class ImagingSettings:
                               f"not {', '.join(unknown)}")  # fmt: skip
         size = int(settings.get("image-size", IMAGE_SIZE))
         check_size(size)
+        augment = imaging_transforms(str(settings.get("augment", "none")))
         backbone = str(settings.get("backbone", SCRATCH))
         _choose("backbone", backbone, BACKBONES)
         if backbone == SCRATCH:
@@ -89,12 +97,17 @@ class ImagingSettings:
                 if name in settings:
                     raise ConfigError(f"{name} applies to a pretrained backbone; {SCRATCH} "
                                       "trains every layer from scratch")  # fmt: skip
-            return cls(image_size=size)
+            return cls(image_size=size, augment=augment)
         fine_tune = str(settings.get("fine-tune", "head"))
         norm = str(settings.get("backbone-norm", "frozen-bn"))
         _choose("fine-tune", fine_tune, SCHEDULES)
         _choose("backbone-norm", norm, NORMS)
-        return cls(size, backbone, fine_tune, norm)
+        if augment and fine_tune != "all":
+            raise ConfigError(
+                f"augment needs fine-tune=all with {PRETRAINED}: fine-tune={fine_tune} trains on "
+                "encodings of each image made once by the frozen part, which a new view of the "
+                "image every step would have to redo every step")
+        return cls(size, backbone, fine_tune, norm, augment)
 
     @property
     def pretrained(self) -> bool:

@@ -5,8 +5,10 @@ segmentation (:mod:`fedmed.tasks.imaging_seg`) packs. It registers no task itsel
 site folders are split train/test with a fixed seed, stratified by label when the task has
 one, so every run and every regime scores the same test images.
 
-A pack's own settings (``image-size``; the classification pack also ``backbone``,
+A pack's own settings (``image-size``, ``augment``; the classification pack also ``backbone``,
 ``fine-tune``, ``backbone-norm``) are :class:`fedmed.tasks.imaging_backbone.ImagingSettings`.
+With ``augment``, the training split (never the test split) gives a fresh MONAI view of each
+image per draw (:mod:`fedmed.tasks.augmentation`, :mod:`fedmed.tasks.imaging_augment`).
 With a pretrained backbone cut below its trainable part, a site's images are encoded once by
 the frozen part as they are loaded (:func:`~fedmed.tasks.imaging_backbone.cached_encoding`)
 and the datasets hold those encodings. A real site's encodings derive from patient images and
@@ -24,7 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from fedmed.config import Scalar
 from fedmed.data.imaging_readers import HeaderDeid
@@ -33,7 +35,9 @@ from fedmed.data.site_folders import site_folders
 from fedmed.data.splits import stratified_split
 from fedmed.errors import DataError
 from fedmed.state import state_root
+from fedmed.tasks.augmentation import training_split
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays
+from fedmed.tasks.imaging_augment import MonaiView
 from fedmed.tasks.imaging_backbone import EncodedImages, ImagingSettings, cached_encoding
 
 TEST_FRACTION = 0.3
@@ -51,7 +55,8 @@ class ImagingPack(TaskPack):
 
     default_sites = tuple(SITES)
     site_marker: ClassVar[str]
-    pack_settings: ClassVar[tuple[str, ...]] = ("image-size",)
+    pack_settings: ClassVar[tuple[str, ...]] = ("image-size", "augment")
+    mask_target: ClassVar[bool] = False  # a segmentation mask moves with its image's view
     settings: ImagingSettings = ImagingSettings()  # get_task configures each instance
 
     def configure(self, settings: Mapping[str, Scalar]) -> None:
@@ -73,7 +78,7 @@ class ImagingPack(TaskPack):
         x_train, y_train, x_test, y_test = (np.array(a) for a in arrays)  # copies: cache is RO
         return SiteData(
             site=site,
-            train=self.model_dataset(x_train, y_train, encodings),
+            train=self.training_dataset(x_train, y_train, encodings),
             val=None,
             test=self.model_dataset(x_test, y_test, encodings),
             fingerprint=fingerprint_arrays([x_train, y_train, x_test, y_test]),
@@ -87,6 +92,13 @@ class ImagingPack(TaskPack):
             return dataset
         inputs, labels = dataset.tensors
         return EncodedImages(cached_encoding(self.settings, inputs, cache), labels, inputs)
+
+    def training_dataset(self, images: np.ndarray, targets: np.ndarray, cache: Path) -> Dataset:
+        """:meth:`model_dataset`, augmented when the ``augment`` setting names transforms (never
+        with encodings: :class:`ImagingSettings` refuses that combination)."""
+        raw = self.model_dataset(images, targets, cache)
+        names = self.settings.augment
+        return training_split(raw, MonaiView(names, self.mask_target) if names else None)
 
     @abstractmethod
     def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:

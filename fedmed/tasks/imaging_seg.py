@@ -26,6 +26,9 @@ pixels of the model grid, lower is better — from MONAI's ``DiceMetric`` and
 nothing scores Dice 0 and the image diagonal as its distance, so a model cannot improve its
 mean by predicting empty masks.
 
+Augmentation (``--set augment=...``): the spatial transforms move each image and its mask with
+one random draw, the mask resampled by nearest neighbour (:mod:`fedmed.tasks.imaging_augment`).
+
 Explainer: predicted vs true mask overlays (:class:`fedmed.explain.mask_overlay.MaskOverlay`)
 titled with each image's Dice from :func:`image_dice` — a U-Net's output is its own map: where
 it draws the mask is what it found, so no saliency method is needed.
@@ -116,6 +119,7 @@ class ImagingSegmentationTask(ImagingPack):
     default_batch_size = 16
     default_local_epochs = 1
     site_marker = IMAGES_DIR
+    mask_target = True
     explainer = MaskOverlay(dice=image_dice)
 
     def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
@@ -127,8 +131,8 @@ class ImagingSegmentationTask(ImagingPack):
         return read_segmentation_folder(folder, self.settings.image_size, header_deid)
 
     def configure(self, settings: Mapping[str, Scalar]) -> None:
-        """``image-size`` only, a multiple of 4: the U-Net halves the grid twice and adds
-        each level's output to the one above."""
+        """``image-size`` (a multiple of 4: the U-Net halves the grid twice and adds each
+        level's output to the one above) and ``augment``."""
         super().configure(settings)
         if self.settings.image_size % 4:
             raise ConfigError(f"imaging-seg: image-size must be a multiple of 4, "

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError
+from fedmed.tasks.augmentation import seed_views
 from fedmed.tasks.base import TaskPack
 
 # Wraps (model, optimizer, loader) before training, e.g. Opacus's make_private.
@@ -116,7 +117,10 @@ def train_round(
     device: torch.device,
     wrap: LoopWrapper | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``settings.local_epochs`` epochs on ``dataset``."""
+    """Train ``model`` in place for ``settings.local_epochs`` epochs on ``dataset``.
+
+    An augmented training split draws its views from the round's seed and the epoch
+    (:func:`fedmed.tasks.augmentation.seed_views`), so a rerun trains on the same views."""
     torch.manual_seed(settings.seed)
     model.to(device)
     model.train()  # before any wrapper: Opacus's make_private rejects a model in eval mode
@@ -130,7 +134,8 @@ def train_round(
         wrap(model, optimizer, loader) if wrap else (model, optimizer, loader)
     )
     total_loss, batches, steps = 0.0, 0, 0
-    for _ in range(settings.local_epochs):
+    for epoch in range(settings.local_epochs):
+        seed_views(dataset, settings.seed, epoch)
         for inputs, targets in loader:
             if len(inputs) == 0:  # Poisson sampling can draw an empty batch
                 optimizer.zero_grad(set_to_none=True)
