@@ -9,6 +9,13 @@ The engine's own accountant is used only to check that Opacus ran exactly the
 planned mechanism (σ, q, steps); ε always comes from the site ledger's full history
 (:mod:`fedmed.privacy.accounting`), never from an engine that started empty.
 
+Per-example clipping comes in five modes (``GRAD_SAMPLE_MODES``): Opacus's ``hooks``,
+PyTorch's expanded weights ``ew``, ``functorch``, and ghost clipping ``ghost``, which
+clips without storing every example's gradient (:func:`_clip_at_the_output`); ``auto``
+is the ``ew``-or-``hooks`` rule of :func:`select_grad_sample_mode`. ``ghost`` is chosen
+only on request: ``bench/dp_overhead.py`` measured it slower than ``auto``'s choice on
+every pack (docs/privacy.md § DP overhead per task pack), so no pack defaults to it.
+
 Models are validated first: BatchNorm (or any module Opacus cannot give
 per-example gradients for) is refused with the offending layer names — fedmed does
 not silently swap in GroupNorm, which changes the model being trained.
@@ -24,8 +31,9 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.grad_sample.utils import wrap_model
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.optim import Optimizer
@@ -34,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from fedmed.errors import ConfigError
 from fedmed.privacy.accounting import compact
 
-GRAD_SAMPLE_MODES = ("auto", "ew", "hooks", "functorch")
+GRAD_SAMPLE_MODES = ("auto", "ew", "hooks", "functorch", "ghost")
 
 # Opacus's hooks sit on the first layer too, whose input (token ids, images, signals)
 # never needs a gradient, so PyTorch warns on every backward pass that the full backward
@@ -143,6 +151,47 @@ def _modes_agree(
     )
 
 
+def _clip_at_the_output(
+    module: GradSampleModuleFastGradientClipping, optimizer: DPOptimizerFastGradientClipping
+) -> None:
+    """Make the training loop's plain ``loss.backward()`` run ghost clipping's two passes.
+
+    Opacus packs ghost clipping into the loss (``DPLossFastGradientClipping``), which needs
+    every example's own loss; a pack's ``loss`` gives only the batch mean, and the loop
+    that calls it is shared by every pack. The same two passes are run here one step
+    later, at the model's output, which needs no per-example loss: the gradient ``g`` the
+    mean loss sends to the output is, row by row, each example's gradient / batch size.
+    Pass 1 backpropagates ``g`` with Opacus's hooks on, which compute each example's
+    gradient norm (ghost norms for Linear and Embedding, per-example gradients for other
+    layers) and so the clipping factors c_i = min(1, C / norm_i); pass 2, hooks off,
+    backpropagates ``g · c · batch size``, leaving Σ c_i ∇ℓ_i — the clipped sum — in
+    ``p.grad``, where the optimizer adds the noise. This relies on the loss being a mean
+    of per-example terms, as every Opacus mode does.
+    """
+
+    def two_passes(outputs: torch.Tensor, grad: torch.Tensor) -> None:
+        torch.autograd.backward(outputs, grad, retain_graph=True)
+        optimizer.zero_grad()  # pass 1's unclipped gradient
+        factors = module.get_clipping_coef().to(grad) * len(outputs)
+        module.disable_hooks()
+        try:
+            torch.autograd.backward(outputs, grad * factors.view(-1, *[1] * (grad.dim() - 1)))
+        finally:
+            module.enable_hooks()
+
+    def detach_output(_: nn.Module, __: object, outputs: object) -> torch.Tensor:
+        if not isinstance(outputs, torch.Tensor):
+            raise TypeError(
+                f"ghost clipping needs a model that returns one tensor, not {type(outputs)}"
+            )
+        # The loss backpropagates to this leaf; its hook then runs both passes itself.
+        anchor = outputs.detach().requires_grad_()
+        anchor.register_hook(lambda grad: two_passes(outputs, grad))
+        return anchor
+
+    module.register_forward_hook(detach_output)
+
+
 def _tolerate_empty_batches(optimizer: DPOptimizer) -> None:
     """Let ``step()`` follow a Poisson-sampled empty batch.
 
@@ -151,13 +200,17 @@ def _tolerate_empty_batches(optimizer: DPOptimizer) -> None:
     ``fedmed.training.loop`` does so by calling ``step()`` without a forward pass (the
     ``ew`` mode cannot run a batch of size 0). Opacus then finds no per-example
     gradients; the per-example gradients of an empty batch are an empty tensor, which
-    is installed here, so clipping sums nothing and the step adds pure noise.
+    is installed here, so clipping sums nothing and the step adds pure noise. Ghost
+    clipping's optimizer reads the clipped sum from ``p.grad`` instead: zero.
     """
     pre_step = optimizer.pre_step
+    ghost = isinstance(optimizer, DPOptimizerFastGradientClipping)
 
     def pre_step_tolerating_empty(closure: Callable[[], float] | None = None) -> bool | None:
         for param in optimizer.params:
-            if getattr(param, "grad_sample", None) is None:
+            if ghost and param.grad is None:
+                param.grad = torch.zeros_like(param)
+            elif not ghost and getattr(param, "grad_sample", None) is None:
                 param.grad_sample = param.new_zeros((0, *param.shape))
         return pre_step(closure)
 
@@ -223,7 +276,7 @@ class DPTrainer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # secure-RNG and grad-accumulation notices
             self._engine = PrivacyEngine(accountant="rdp")
-            private_model, private_optimizer, private_loader = self._engine.make_private(
+            private = self._engine.make_private(
                 module=model,
                 optimizer=optimizer,
                 data_loader=loader,
@@ -233,6 +286,10 @@ class DPTrainer:
                 grad_sample_mode=mode,
                 noise_generator=noise,
             )
+        # ghost also returns a loss wrapper (before the loader), unused: see _clip_at_the_output
+        private_model, private_optimizer, private_loader = private[0], private[1], private[-1]
+        if mode == "ghost":
+            _clip_at_the_output(private_model, private_optimizer)
         if sampling is not None:
             private_loader.batch_sampler.generator = sampling  # type: ignore[union-attr]
         _tolerate_empty_batches(private_optimizer)
