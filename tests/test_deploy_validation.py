@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flwr.common import (
     Code,
+    FitIns,
     FitRes,
     Status,
     ndarrays_to_parameters,
@@ -115,23 +116,34 @@ class Site(ClientProxy):
         raise NotImplementedError
 
 
-def _recorder(tmp_path: Path, secure: bool) -> tuple[RecordingStrategy, list[Site]]:
-    proxies = [Site(name) for name in ("a", "b", "c")]
+def configured_recorder(
+    tmp_path: Path, names: list[str], weights: list[np.ndarray], **options: object
+) -> tuple[RecordingStrategy, list[tuple[ClientProxy, FitIns]]]:
+    """A coordinator strategy over FedAvg with one registered proxy per name in ``names``,
+    its audit log and run directory under ``tmp_path``, after round 1's ``configure_fit``
+    (returned: what it told each proxy) — the state in which replies are screened.
+    ``options`` go to :class:`RecordingStrategy` (validation, identities, witness)."""
     manager = SimpleClientManager()
-    for proxy in proxies:
-        manager.register(proxy)
+    for name in names:
+        manager.register(Site(name))
     recorder = RecordingStrategy(
-        FedAvg(min_fit_clients=3, min_available_clients=3,
-               initial_parameters=ndarrays_to_parameters(GLOBAL)),
+        FedAvg(min_fit_clients=len(names), min_available_clients=len(names),
+               initial_parameters=ndarrays_to_parameters(weights)),
         RunDirectory(tmp_path / "run", {"run-id": "r"}),
         num_rounds=1, primary_metric="accuracy", min_nodes=2,
         audit=AuditLog.open(tmp_path / "run" / "audit.jsonl", tmp_path / "keys", "coordinator"),
-        max_update_norm=5.0, secure=secure,
+        **options,  # type: ignore[arg-type]
     )  # fmt: skip
     sent = recorder.initialize_parameters(manager)
     assert sent is not None
-    recorder.configure_fit(1, sent, manager)
-    return recorder, proxies
+    return recorder, recorder.configure_fit(1, sent, manager)
+
+
+def _recorder(tmp_path: Path, secure: bool) -> tuple[RecordingStrategy, list[ClientProxy]]:
+    recorder, told = configured_recorder(
+        tmp_path, ["a", "b", "c"], GLOBAL, max_update_norm=5.0, secure=secure
+    )
+    return recorder, sorted((proxy for proxy, _ in told), key=lambda proxy: proxy.cid)
 
 
 def _fit(proxy: Site, weights: list[np.ndarray]) -> tuple[Site, FitRes]:

@@ -16,16 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.server.client_manager import SimpleClientManager
-from flwr.server.strategy import FedAvg
-from test_deploy_validation import Site
+from test_deploy_validation import Site, configured_recorder
 from test_privacy_node import SITE, initial_weights, instructions, node
 
-from fedmed.audit import AuditLog, verify_log
+from fedmed.audit import verify_log
 from fedmed.deploy.kit import load_coordinator_kit
 from fedmed.deploy.provision import provision
 from fedmed.deploy.registry import identities
-from fedmed.outputs import RunDirectory
 from fedmed.privacy.reply import REGISTERED_AUDIT_KEY, REGISTERED_SITE, FitReply
 from fedmed.server.identities import NodeIdentities, NodeIdentity
 from fedmed.server.recording import FederationStopped, RecordingStrategy
@@ -72,26 +69,14 @@ def test_the_registry_binds_node_ids_to_the_kit_sites_and_audit_keys(tmp_path: P
 
 
 def _recorder(tmp_path: Path, witness: WitnessRecord | None = None) -> RecordingStrategy:
-    proxies = [Site(str(node_id)) for node_id in (11, 12, 13)]
-    manager = SimpleClientManager()
-    for proxy in proxies:
-        manager.register(proxy)
     registry = NodeIdentities({
         "11": NodeIdentity("cleveland", "k-cle"), "12": NodeIdentity("hungary", "k-hun"),
         "13": NodeIdentity("switzerland", "k-swi")})  # fmt: skip
-    recorder = RecordingStrategy(
-        FedAvg(min_fit_clients=3, min_available_clients=3,
-               initial_parameters=ndarrays_to_parameters(GLOBAL)),
-        RunDirectory(tmp_path / "run", {"run-id": "r"}),
-        num_rounds=1, primary_metric="accuracy", min_nodes=2,
-        audit=AuditLog.open(tmp_path / "run" / "audit.jsonl", tmp_path / "keys", "coordinator"),
-        witness=witness, identities=registry,
-    )  # fmt: skip
-    sent = recorder.initialize_parameters(manager)
-    assert sent is not None
-    told = recorder.configure_fit(1, sent, manager)
+    recorder, told = configured_recorder(
+        tmp_path, ["11", "12", "13"], GLOBAL, witness=witness, identities=registry
+    )
     assert {p.cid: ins.config[REGISTERED_SITE] for p, ins in told} == {
-        "11": "cleveland", "12": "hungary", "13": "switzerland"}
+        "11": "cleveland", "12": "hungary", "13": "switzerland"}  # fmt: skip
     return recorder
 
 
