@@ -32,6 +32,7 @@ from fedmed.data.imaging_synth import IMAGE_SIZE, SITES, make_site_images, simul
 from fedmed.errors import ConfigError, DataError
 from fedmed.explain.gradcam import GradCam
 from fedmed.tasks import get_task, task_names
+from fedmed.tasks.base import binary_logit_scores
 from fedmed.training.loop import TrainSettings, train_round
 
 CPU = torch.device("cpu")
@@ -339,3 +340,15 @@ def test_gradcam_writes_png_overlays(tmp_path: Path) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
     layer = dict(model.named_modules())[explainer.layer]
     assert not layer._forward_hooks and not layer._backward_hooks  # the caller's model is untouched
+
+
+def test_auc_ranks_logits_whose_probabilities_all_round_to_one() -> None:
+    """A head far from a site's data can give every image a logit above ~17, where float32's
+    sigmoid is exactly 1.0: an AUC of the probabilities would read 0.5 (all tied) although the
+    logits rank the images perfectly. The pack's AUC ranks the logits."""
+    logits = torch.tensor([[20.0], [25.0], [30.0], [35.0]])
+    labels = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert torch.all(torch.sigmoid(logits) == 1.0)
+    scores = binary_logit_scores(logits, labels)
+    assert scores == {"accuracy": 0.5, "auc": 1.0}
+    assert np.isnan(binary_logit_scores(logits, torch.ones(4))["auc"])

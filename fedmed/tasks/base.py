@@ -159,19 +159,20 @@ def fingerprint_arrays(arrays: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def binary_logit_scores(
-    model: nn.Module, dataset: Dataset, device: torch.device
-) -> dict[str, float]:
-    """Accuracy and AUC of a one-logit binary classifier (the tabular packs' metrics); AUC is
-    NaN on a split with one class only, as a small site's test split can be."""
+def binary_logit_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy at probability 0.5 and ROC AUC of one-logit binary predictions; AUC is NaN
+    on a split with one class only, as a small site's test split can be.
+
+    The AUC ranks the logits, not their sigmoid: the two rank alike, except that a model
+    far from a site's data (a head trained elsewhere on pretrained features, leave one site
+    out) gives logits whose float32 sigmoid is exactly 1.0 or 0.0 for every image — all tied,
+    so an AUC of the probabilities reads 0.500 whatever the ranking."""
     from sklearn.metrics import roc_auc_score
 
-    logits, targets = predict(model, dataset, device)
-    labels = targets.numpy()
-    scores = torch.sigmoid(logits).numpy()
-    accuracy = float(((scores >= 0.5) == (labels >= 0.5)).mean())
-    auc = float(roc_auc_score(labels, scores)) if len(np.unique(labels)) > 1 else float("nan")
-    return {"accuracy": accuracy, "auc": auc}
+    flat = logits.reshape(-1).double().numpy()
+    truth = labels.reshape(-1).numpy() >= 0.5
+    auc = float(roc_auc_score(truth, flat)) if len(np.unique(truth)) > 1 else float("nan")
+    return {"accuracy": float(((flat >= 0.0) == truth).mean()), "auc": auc}
 
 
 class BinaryLogitPack(TaskPack):
@@ -192,7 +193,7 @@ class BinaryLogitPack(TaskPack):
     def evaluate(
         self, model: nn.Module, dataset: Dataset, device: torch.device
     ) -> dict[str, float]:
-        return binary_logit_scores(model, dataset, device)
+        return binary_logit_scores(*predict(model, dataset, device))
 
 
 def array_site_data(site: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,

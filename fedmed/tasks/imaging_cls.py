@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -45,7 +44,7 @@ from fedmed.data.imaging_readers import (
 from fedmed.data.imaging_synth import SiteImages
 from fedmed.explain.gradcam import GradCam
 from fedmed.tasks import register_task
-from fedmed.tasks.base import SiteData, predict
+from fedmed.tasks.base import SiteData, binary_logit_scores, predict
 from fedmed.tasks.imaging_backbone import GRADCAM_LAYER as LITE_GRADCAM_LAYER
 from fedmed.tasks.imaging_backbone import EncodedImages, LiteCut
 from fedmed.tasks.imaging_pack import ImagingPack
@@ -72,14 +71,6 @@ def build_classifier() -> nn.Module:
         act=("relu", {"inplace": False}),
         norm=("group", {"num_groups": GROUPS}),
     )
-
-
-def binary_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """AUC (NaN when the labels hold one class only) and accuracy at probability 0.5."""
-    scores = torch.sigmoid(logits.reshape(-1)).numpy()
-    truth = labels.reshape(-1).numpy() >= 0.5
-    auc = float(roc_auc_score(truth, scores)) if len(np.unique(truth)) > 1 else float("nan")
-    return {"auc": auc, "accuracy": float(((scores >= 0.5) == truth).mean())}
 
 
 @register_task("imaging-cls")
@@ -128,4 +119,4 @@ class ImagingClassificationTask(ImagingPack):
     def evaluate(
         self, model: nn.Module, dataset: Dataset, device: torch.device
     ) -> dict[str, float]:
-        return binary_scores(*predict(model, dataset, device))
+        return binary_logit_scores(*predict(model, dataset, device))
