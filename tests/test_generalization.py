@@ -119,6 +119,13 @@ def test_study_command_runs_real_federations_without_touching_real_homes(
     assert main([*args[:-1], str(tmp_path / "stale"), "--baselines-from", str(out)]) == 2
     assert "its local cleveland model (seed 0) scores differently" in capsys.readouterr().err
 
+    # Each federation's coordinator (key, witness of the site logs) lives in its run, beside
+    # the fresh site homes: the study run again into the same folder is not met by the
+    # witness of the homes it replaced, and nothing is left in the state's coordinator home.
+    assert (out / "runs" / "fedavg-seed0" / "coordinator" / "witness").is_dir()
+    assert not (isolated_state / "coordinator").exists()
+    assert main(args) == 0
+
 
 @pytest.mark.timeout(480)  # four simulations; ~70 s on an idle machine, 184 s on a busy one
 def test_leave_one_site_out_scores_each_held_out_site_with_models_that_never_saw_it(

@@ -63,7 +63,11 @@ def federated_scores(config: FederationConfig, run_dir: Path) -> tuple[Scores, P
     shutil.rmtree(run_dir, ignore_errors=True)
     if config.strategy == LOCAL_NORM:
         config = replace(config, strategy="fedavg", local_norm=True)
-    config = replace(config, run_dir=str(run_dir), sites_home=str(run_dir / "sites"))
+    # The study's federations are its own: fresh site homes and a coordinator home (key,
+    # witness record) inside the run, so a study run again into the same folder, or after
+    # deleting it, starts clean instead of meeting the witness of the sites it replaced.
+    config = replace(config, run_dir=str(run_dir), sites_home=str(run_dir / "sites"),
+                     coordinator_home=str(run_dir / "coordinator"))  # fmt: skip
     study_site_homes(config, run_dir / "sites")
     run_simulation(config)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
