@@ -105,6 +105,10 @@ def task_part(args: argparse.Namespace) -> None:
                     for epoch in range(args.epochs):
                         trainer = (DPTrainer(sigma, rate, steps, CLIP, pack.loss) if private
                                    else None)  # fmt: skip
+                        # Opacus hooks a model once; a node builds its model every round,
+                        # so each epoch here trains a fresh copy carrying the weights on.
+                        weights, model = model.state_dict(), pack.build_model()
+                        model.load_state_dict(weights)
                         start = time.perf_counter()
                         settings = TrainSettings(1, BATCH, LR, seed=epoch)
                         train_round(pack, model, data.train, settings, torch.device("cpu"),
