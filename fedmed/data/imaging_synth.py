@@ -28,6 +28,9 @@ with the site's ``lesion_rate``, one large one (radius 7–10 px), so the two cl
 separated by a clear size margin and the task is learnable from pixels; the label is still
 computed from the final mask, so merged small objects count as what they look like.
 
+The retrieval pack's relevance label is graded instead: :func:`lesion_size_class` bins the
+largest object's area into small, medium and large (:data:`SIZE_CLASSES`).
+
 Image size. The benchmark is defined on a 32 × 32 grid (:data:`IMAGE_SIZE`); a pack's
 ``image-size`` setting renders the same sites on a larger grid (up to 224, what ImageNet
 backbones were trained at). Lengths scale with the grid — radii, the large-lesion area, the
@@ -63,6 +66,8 @@ SMALL_RADII = (2, 6)  # create_test_image_2d draws radii in [rad_min, rad_max): 
 LARGE_RADII = (7, 11)  # 7–10 px
 SMALL_OBJECTS = (1, 4)  # inclusive range of small objects per scene
 LARGE_AREA = 130  # pixels; a radius-5 disc covers 81, a radius-7 disc 149
+MEDIUM_AREA = 60  # pixels; between a radius-4 (49) and a radius-5 (81) disc
+SIZE_CLASSES = ("small", "medium", "large")  # lesion_size_class: largest object's area
 # Tissue intensity of each object class drawn by the generator (class 0 is background).
 TISSUE = np.array([0.05, 0.45, 0.7, 1.0])
 # Above IMAGE_SIZE (see texture()): the body outline's tissue intensity, the texture's
@@ -241,12 +246,30 @@ def draw_scenes(
     return scenes
 
 
+def largest_object_area(mask: np.ndarray) -> float:
+    """Pixels of the largest connected object of a binary mask, in pixels of the 32 px grid
+    (an area at another grid is rescaled), 0 for an empty mask."""
+    components, count = ndimage.label(mask)
+    if not count:
+        return 0.0
+    return int(np.bincount(components.ravel())[1:].max()) / (mask.shape[-1] / IMAGE_SIZE) ** 2
+
+
 def has_large_lesion(mask: np.ndarray) -> bool:
     """Whether a binary mask holds a connected object of at least :data:`LARGE_AREA` pixels
     (of the 32 px grid: the area scales with the mask's grid)."""
-    components, count = ndimage.label(mask)
-    area = LARGE_AREA * (mask.shape[-1] / IMAGE_SIZE) ** 2
-    return bool(count) and int(np.bincount(components.ravel())[1:].max()) >= area
+    return largest_object_area(mask) >= LARGE_AREA
+
+
+def lesion_size_class(mask: np.ndarray) -> int:
+    """Which of :data:`SIZE_CLASSES` the largest object of a mask falls in.
+
+    Why these bounds: a disc of radius 4 covers about 50 px and one of radius 5 about 80, so
+    :data:`MEDIUM_AREA` splits the small objects the generator draws (radius 2–5) by size
+    between the radius-4 and radius-5 discs, and :data:`LARGE_AREA` is the classification
+    label's own bound: "large" is exactly ``has_large_lesion``. Three classes, not two, give
+    retrieval (``imaging-retrieval``) a graded notion of a similar case."""
+    return int(np.searchsorted((MEDIUM_AREA, LARGE_AREA), largest_object_area(mask), "right"))
 
 
 def texture(intensity: np.ndarray, objects: np.ndarray, rng: np.random.Generator) -> np.ndarray:
