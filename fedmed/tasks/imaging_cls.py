@@ -56,14 +56,15 @@ GROUPS = 4  # every layer width (16, 24, 32) is a multiple
 GRADCAM_LAYER = "class_layers.relu"  # last feature map (4 × 4 grid) of build_classifier
 
 
-def build_classifier() -> nn.Module:
-    """A tiny 2-D MONAI DenseNet with one output logit, DP-SGD ready (GroupNorm, no in-place)."""
+def build_classifier(outputs: int = 1) -> nn.Module:
+    """A tiny 2-D MONAI DenseNet with ``outputs`` output units (one logit here; the retrieval
+    pack's embedding), DP-SGD ready (GroupNorm, no in-place)."""
     from monai.networks.nets import DenseNet  # MONAI's import is slow: only when a model is built
 
     return DenseNet(
         spatial_dims=2,
         in_channels=1,
-        out_channels=1,
+        out_channels=outputs,
         init_features=INIT_FEATURES,
         growth_rate=GROWTH_RATE,
         block_config=BLOCKS,

@@ -80,9 +80,15 @@ class ImagingPack(TaskPack):
             site=site,
             train=self.training_dataset(x_train, y_train, encodings),
             val=None,
-            test=self.model_dataset(x_test, y_test, encodings),
+            test=self.test_split(site, (x_train, y_train, x_test, y_test), encodings),
             fingerprint=fingerprint_arrays([x_train, y_train, x_test, y_test]),
         )
+
+    def test_split(self, site: str, arrays: Arrays, cache: Path) -> Dataset:
+        """The split a site is scored on: its test images as the model reads them. A hook
+        because retrieval (:mod:`fedmed.tasks.imaging_retrieval`) scores test queries against
+        the site's own training images, so its test split carries them as its gallery."""
+        return self.model_dataset(arrays[2], arrays[3], cache)
 
     def model_dataset(self, images: np.ndarray, targets: np.ndarray, cache: Path) -> TensorDataset:
         """What the pack's model reads: the images, or their encodings by the frozen part of a
