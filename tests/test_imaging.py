@@ -286,7 +286,7 @@ def test_packs_are_registered_with_their_metrics() -> None:
     assert get_task("imaging-seg").metrics == ("dice", "hd95")
 
 
-@pytest.mark.parametrize("name", PACKS)
+@pytest.mark.parametrize("name", (*PACKS, "imaging-retrieval"))
 def test_models_are_dp_ready(name: str) -> None:
     """Opacus accepts the model and its per-sample gradients are exact (they average to the
     batch gradient), so DP-SGD clips what each image really contributed."""
