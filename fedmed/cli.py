@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "fedmed.commands.generalization",
     "fedmed.commands.deploy",
     "fedmed.commands.models",
+    "fedmed.commands.retrieve",
     "fedmed.commands.deid",
 )
 
