@@ -161,8 +161,7 @@ class ImagingRetrievalTask(ImagingPack):
 
     def explain(self, model: nn.Module, site_data: SiteData, out_dir: Path) -> list[Path]:
         """The site's index of its own training images (and a few query figures)."""
-        about = {"task": self.name, "settings": dict(self.given_settings),
-                 "classes": list(SIZE_CLASSES)}  # fmt: skip
+        about = {"task": self.name, "settings": dict(self.given_settings)}
         return INDEXER.write(model, site_data.test, site_data.site, Path(out_dir),
                                     self.explain_examples, about)  # fmt: skip
 
