@@ -22,8 +22,9 @@ The order is the guarantee:
    policy (task, σ floor, δ, accountant, no DP) → refuse. BatchNorm models are
    refused here too, before any data is touched.
 3. Train with :class:`~fedmed.privacy.trainer.DPTrainer`; check that Opacus ran
-   exactly the approved mechanism and that every trained weight is finite. Training
-   that raises, or an update with a NaN or Inf, is refused (step 4 never happens):
+   exactly the approved mechanism and that every trained weight and the mean training
+   loss are finite. Training that raises, an update with a NaN or Inf, or a loss that
+   diverged is refused (step 4 never happens):
    nothing is released, so the ledger records nothing and no ε is spent.
 4. Record the release in the ledger (durable), keep the update
    (:mod:`fedmed.clients.release_cache`) and sign the release — with the update's
@@ -55,6 +56,7 @@ typed contract the coordinator reads back.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -298,6 +300,14 @@ def _checked_round(
     if non_finite:
         reason = (
             f"the trained update is not finite ({non_finite} NaN/Inf value(s)), nothing "
+            "released: check the data and the learning rate"
+        )
+        return _signed_refusal(site, home, audit, weights, job, reason)
+    if not math.isfinite(trained.result.mean_loss):
+        # Diverged: a saturated model can keep finite weights while its loss is NaN/Inf
+        # (a sigmoid at ±Inf logits has finite gradients), so the weights alone miss it.
+        reason = (
+            f"the training loss is not finite ({trained.result.mean_loss}), nothing "
             "released: check the data and the learning rate"
         )
         return _signed_refusal(site, home, audit, weights, job, reason)
