@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from fedmed.data.private_files import write_private
 from fedmed.errors import DataError
 from fedmed.explain.base import Explainer, explained_copy
+from fedmed.inference import predict
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -97,14 +98,7 @@ def embed_dataset(model: nn.Module, dataset: Dataset, device: torch.device,
     embed = getattr(model, "embed", None)
     if not callable(embed):
         raise TypeError(f"{type(model).__name__} has no embed(inputs) method to index with")
-    model.eval()
-    outputs: list[torch.Tensor] = []
-    targets: list[torch.Tensor] = []
-    with torch.no_grad():
-        for inputs, target in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            outputs.append(embed(inputs.to(device)).cpu())
-            targets.append(torch.as_tensor(target))
-    return torch.cat(outputs), torch.cat(targets)
+    return predict(model, dataset, device, batch_size, forward=embed)
 
 
 def nearest(

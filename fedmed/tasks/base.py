@@ -20,12 +20,13 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from fedmed.config import Scalar
 from fedmed.data.admission import AdmissionStage
 from fedmed.errors import ConfigError
 from fedmed.explain.base import Explainer
+from fedmed.inference import predict
 
 
 @dataclass(frozen=True)
@@ -132,20 +133,6 @@ class TaskPack(ABC):
         return self.explainer.explain(
             model, site_data.test, site_data.site, Path(out_dir), self.explain_examples
         )
-
-
-def predict(
-    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model outputs and targets over a whole dataset, on the CPU, in dataset order."""
-    model.eval()
-    outputs: list[torch.Tensor] = []
-    targets: list[torch.Tensor] = []
-    with torch.no_grad():
-        for inputs, target in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            outputs.append(model(inputs.to(device)).cpu())
-            targets.append(target)
-    return torch.cat(outputs), torch.cat(targets)
 
 
 def fingerprint_arrays(arrays: Sequence[np.ndarray]) -> str:
