@@ -141,6 +141,15 @@ def test_each_index_holds_its_own_site_s_images_only(federation: Federation) -> 
         assert not set(index.fingerprints) & others
         assert all(record.startswith(f"{site}/") for record in index.ids)
         assert np.allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=1e-5)
+        # docs/retrieval.md: files 0600; the coordinator gets the count and folder only; the
+        # write is an `explanations` entry of the site's signed log naming every file
+        files = sorted(folder.iterdir())
+        assert files and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+        told = federation.metrics["explanations"][site]
+        assert told == {"round": told["round"], "count": len(files), "folder": str(folder)}
+        log = [json.loads(line) for line in (federation.homes / site / "audit.jsonl").open()]
+        (entry,) = [e["payload"] for e in log if e["kind"] == "explanations"]
+        assert len(entry["files"]) == len(files)
     indexes = list(federation.homes.parent.rglob(INDEX_FILE))
     assert sorted(p.relative_to(federation.homes).parts[0] for p in indexes) == sorted(SITES)
 
