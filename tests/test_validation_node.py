@@ -7,16 +7,19 @@ exception is a signed refusal: the ledger gains no entry, the audit log says why
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_privacy_node import initial_weights, instructions, node
 
 from fedmed.clients.hospital import HospitalClient
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig
 from fedmed.privacy.ledger import Ledger
+from fedmed.privacy.policy import Policy
 from fedmed.server.app import fit_config_fn
 from fedmed.tasks import get_task
 from fedmed.training.loop import get_weights
@@ -107,3 +110,16 @@ def test_a_ray_wrapped_node_error_becomes_its_own_one_line_message() -> None:
         "string index out of range\\'>')"
     )
     assert _describe_failure(RuntimeError(reason)) == "string index out of range"
+
+
+def test_a_diverged_loss_with_finite_weights_is_refused_and_spends_nothing(tmp_path: Path) -> None:
+    """Without DP (a site with an unbounded budget) the run is deterministic: at lr 3e38 the
+    heart model saturates — its weights stay finite, its loss is NaN. The weights' check
+    alone let this round out; the node refuses it on its loss."""
+    client = node(tmp_path / "home", Policy(epsilon=math.inf, allowed_tasks=("heart",)))
+    weights = initial_weights()
+    returned, count, metrics = client.fit(weights, {**instructions(dp=False)(1), "lr": 3e38})
+    assert metrics["refused"] == 1 and count == 0, metrics
+    assert "the training loss is not finite (nan), nothing released" in metrics["reason"]
+    assert all(np.array_equal(a, b) for a, b in zip(returned, weights, strict=True))
+    assert Ledger.load(tmp_path / "home" / "ledger.json").releases == []
