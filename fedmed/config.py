@@ -22,10 +22,12 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedmed.dp_recipes import CHOICES as DP_RECIPES
+from fedmed.dp_recipes import MEASURED, recipe_overrides
 from fedmed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -81,6 +83,9 @@ class FederationConfig:
     clip_norm: float = 1.0
     accountant: str = "rdp"
     grad_sample_mode: str = "auto"
+    # With dp on: the pack's measured DP-SGD settings fill those the run config leaves out
+    # (fedmed.dp_recipes); "none" keeps the pack's plain defaults.
+    dp_recipe: str = MEASURED
     # Client-level DP at the coordinator (Flower's server-side fixed clipping).
     client_dp: bool = False
     client_noise_multiplier: float = 1.0
@@ -107,6 +112,7 @@ class FederationConfig:
     fine_tune: str | None = None
     backbone_norm: str | None = None
     augment: str | None = None
+    train_size: int | None = None  # built-in simulated sites only (fedmed.tasks.site_size)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", TaskRef(str(self.task), self.pack_settings()))
@@ -131,6 +137,11 @@ class FederationConfig:
             values[key] = _coerce(raw_key, value, _OPTIONAL.get(key) or type(getattr(cls(), key)))
         config = cls(**values)
         config.validate()
+        recipe = recipe_overrides(str(config.task), config.dp, config.dp_recipe, run_config)
+        if recipe:
+            config = replace(config, **{key.replace("-", "_"): value
+                                        for key, value in recipe.items()})  # fmt: skip
+            config.validate()
         return config
 
     def validate(self) -> None:
@@ -154,6 +165,9 @@ class FederationConfig:
             raise ConfigError(f"evaluate-every must be >= 0, got {self.evaluate_every}")
         if self.min_nodes < 1:
             raise ConfigError(f"min-nodes must be >= 1, got {self.min_nodes}")
+        if self.dp_recipe not in DP_RECIPES:
+            raise ConfigError(f"dp-recipe must be one of {', '.join(DP_RECIPES)}, "
+                              f"got {self.dp_recipe!r}")  # fmt: skip
         if self.dp and not (self.epsilon > 0 or self.noise_multiplier > 0):
             raise ConfigError(f"epsilon must be > 0 when dp is on, got {self.epsilon}")
         if not 0.0 < self.delta < 1.0:
@@ -292,9 +306,12 @@ class TaskRef(str):
 _OPTIONAL: dict[str, type] = {
     "local_epochs": int, "batch_size": int, "lr": float,
     "backbone": str, "image_size": int, "fine_tune": str, "backbone_norm": str, "augment": str,
+    "train_size": int,
 }  # fmt: skip
 # The task pack's own settings (fedmed.tasks.base.TaskPack.configure reads them).
-PACK_SETTINGS = ("backbone", "image_size", "fine_tune", "backbone_norm", "augment")
+PACK_SETTINGS = (
+    "backbone", "image_size", "fine_tune", "backbone_norm", "augment", "train_size",
+)
 
 
 def _name(field_name: str) -> str:

@@ -81,7 +81,7 @@ class TaskPack(ABC):
         if settings:
             raise ConfigError(
                 f"task {self.name!r} takes no {', '.join(sorted(settings))} setting "
-                "(the imaging and ECG packs take some: docs/task-packs.md)"
+                "(the imaging, ECG, ICD and de-id NER packs take some: docs/task-packs.md)"
             )
 
     def admission_stage(self, site: str) -> AdmissionStage:

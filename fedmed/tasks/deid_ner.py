@@ -61,7 +61,7 @@ least :data:`THRESHOLD` (deid's recall-biased decoding,
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -70,6 +70,7 @@ from opacus.layers import DPLSTM
 from torch import nn
 from torch.utils.data import Dataset
 
+from fedmed.config import Scalar
 from fedmed.data.deid_ner_synth import (
     N_TEST_DEFAULT,
     N_TRAIN_DEFAULT,
@@ -100,6 +101,7 @@ from fedmed.errors import DataError
 from fedmed.explain.text_review import PhiReview
 from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays
+from fedmed.tasks.site_size import refuse_with_data_dir, train_size_only
 
 WINDOW = 128  # tokens per example (deid's training windows)
 OVERLAP = 32
@@ -341,6 +343,11 @@ class DeidNerTask(TaskPack):
     default_batch_size = 32
     default_local_epochs = 1
     explainer = PhiReview(tag_notes)  # found, missed and extra PHI; the files hold the notes
+    train_size: int | None = None  # built-in sites: training notes each (None: the built-in count)
+
+    def configure(self, settings: Mapping[str, Scalar]) -> None:
+        """``train-size`` only (:mod:`fedmed.tasks.site_size`)."""
+        self.train_size = train_size_only(self.name, settings)
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
@@ -348,9 +355,11 @@ class DeidNerTask(TaskPack):
         return annotated_site_folders(Path(data_dir))
 
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
+        refuse_with_data_dir(self.train_size, data_dir)
         if data_dir is None:
             site_style(site)  # ConfigError for an unknown site
-            splits = {"train": site_notes(site, N_TRAIN_DEFAULT, seed, "train"),
+            n_train = self.train_size or N_TRAIN_DEFAULT
+            splits = {"train": site_notes(site, n_train, seed, "train"),
                       "val": site_notes(site, N_VAL_DEFAULT, DATA_SEED, "val"),
                       "test": site_notes(site, N_TEST_DEFAULT, DATA_SEED, "test")}
             where = f"built-in site {site}"

@@ -10,9 +10,11 @@ Either way each recording becomes a 5 s, 100 Hz, standardised window through
 :func:`fedmed.data.ecg_readers.to_model_input`; :func:`predict_windows` runs inference on
 windows made the same way, so training and deployment cannot drift apart.
 
-Setting: ``augment`` (``none``, ``light``, ``strong`` or a comma list): the training split
-gives a fresh view of each window per draw — baseline wander, powerline and muscle noise,
-amplitude scaling, time shift, lead dropout (:mod:`fedmed.tasks.ecg_augment`,
+Settings: ``train-size`` (training windows per built-in site, :mod:`fedmed.tasks.site_size`;
+drawn from the same simulated hospital with their own random stream, so the test windows stay
+the built-in ones) and ``augment`` (``none``, ``light``, ``strong`` or a comma list): the
+training split gives a fresh view of each window per draw — baseline wander, powerline and
+muscle noise, amplitude scaling, time shift, lead dropout (:mod:`fedmed.tasks.ecg_augment`,
 :mod:`fedmed.tasks.augmentation`); the test split is never augmented.
 
 Model: a small 1-D CNN after the stacked-convolution ECG classifiers (Acharya et al. 2017;
@@ -48,12 +50,17 @@ from fedmed.tasks import register_task
 from fedmed.tasks.augmentation import SETTING, training_split
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
 from fedmed.tasks.ecg_augment import EcgView, ecg_transforms
+from fedmed.tasks.site_size import SETTING as TRAIN_SIZE
+from fedmed.tasks.site_size import parse_train_size, refuse_with_data_dir
 
 TEST_FRACTION = 0.25
 SPLIT_SEED = 42
 # The built-in sites are one fixed draw: test splits must not depend on the training seed
 # (the task-pack contract), so ``load_site``'s ``seed`` varies training only.
 DATA_SEED = 0
+# The stream ``train-size`` draws its training windows from: not DATA_SEED, whose draw holds
+# the test windows (a sized site never trains on a scene of its test split).
+SIZED_TRAIN_SEED = 1
 # (out_channels, kernel, pool) of each convolution block; the input has one channel.
 BLOCKS = ((16, 7, 2), (32, 7, 2), (32, 7, 2), (64, 5, 2), (64, 5, 1), (64, 5, 1))
 
@@ -137,13 +144,16 @@ class EcgTask(TaskPack):
     class_names = CLASS_NAMES
     explainer = EcgSaliency(last_layer_name(conv_features(BLOCKS)), CLASS_NAMES)
     augment: tuple[str, ...] = ()  # get_task configures each instance
+    train_size: int | None = None
 
     def configure(self, settings: Mapping[str, Scalar]) -> None:
-        """``augment`` only (module docstring); the model and windows take no settings."""
-        others = sorted(set(settings) - {SETTING})
+        """``augment`` and ``train-size`` (module docstring); the model takes no settings."""
+        others = sorted(set(settings) - {SETTING, TRAIN_SIZE})
         if others:
-            raise ConfigError(f"task {self.name!r} takes only {SETTING}; not {', '.join(others)}")
+            raise ConfigError(f"task {self.name!r} takes only {SETTING} and {TRAIN_SIZE}; "
+                              f"not {', '.join(others)}")  # fmt: skip
         self.augment = ecg_transforms(str(settings.get(SETTING, "none")))
+        self.train_size = parse_train_size(settings)
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
@@ -151,9 +161,13 @@ class EcgTask(TaskPack):
         return site_folders(Path(data_dir), LABELS_FILE)
 
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
+        refuse_with_data_dir(self.train_size, data_dir)
         if data_dir is None:
             data = make_site_windows(site, DATA_SEED)
             x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
+            if self.train_size is not None:
+                sized = make_site_windows(site, SIZED_TRAIN_SEED, self.train_size, n_test=0)
+                x_train, y_train = sized.x_train, sized.y_train
         else:
             x_train, y_train, x_test, y_test = _load_real_site(
                 Path(data_dir) / site, self.admission_stage(site), self.name)

@@ -55,6 +55,7 @@ from fedmed.tasks.efficientnet_lite import (
     to_group_norm,
 )
 from fedmed.tasks.imaging_augment import imaging_transforms
+from fedmed.tasks.site_size import parse_train_size
 
 SCRATCH = "densenet-small"
 PRETRAINED = "efficientnet-lite0"
@@ -79,6 +80,8 @@ class ImagingSettings:
     backbone_norm: str = "frozen-bn"
     # Not in the repr, which names cached encodings (cached_encoding): views never reach them.
     augment: tuple[str, ...] = field(default=(), repr=False)
+    # Training images per built-in site (fedmed.tasks.site_size); None: the built-in count.
+    train_size: int | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, settings: Mapping[str, Scalar], accepted: tuple[str, ...]) -> ImagingSettings:
@@ -90,6 +93,7 @@ class ImagingSettings:
         size = int(settings.get("image-size", IMAGE_SIZE))
         check_size(size)
         augment = imaging_transforms(str(settings.get("augment", "none")))
+        train_size = parse_train_size(settings)
         backbone = str(settings.get("backbone", SCRATCH))
         _choose("backbone", backbone, BACKBONES)
         if backbone == SCRATCH:
@@ -97,7 +101,7 @@ class ImagingSettings:
                 if name in settings:
                     raise ConfigError(f"{name} applies to a pretrained backbone; {SCRATCH} "
                                       "trains every layer from scratch")  # fmt: skip
-            return cls(image_size=size, augment=augment)
+            return cls(image_size=size, augment=augment, train_size=train_size)
         fine_tune = str(settings.get("fine-tune", "head"))
         norm = str(settings.get("backbone-norm", "frozen-bn"))
         _choose("fine-tune", fine_tune, SCHEDULES)
@@ -107,7 +111,7 @@ class ImagingSettings:
                 f"augment needs fine-tune=all with {PRETRAINED}: fine-tune={fine_tune} trains on "
                 "encodings of each image made once by the frozen part, which a new view of the "
                 "image every step would have to redo every step")
-        return cls(size, backbone, fine_tune, norm, augment)
+        return cls(size, backbone, fine_tune, norm, augment, train_size)
 
     @property
     def pretrained(self) -> bool:

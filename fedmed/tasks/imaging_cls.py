@@ -85,7 +85,9 @@ class ImagingClassificationTask(ImagingPack):
     default_local_epochs = 1
     site_marker = LABELS_FILE
     explainer = GradCam(GRADCAM_LAYER)
-    pack_settings = ("image-size", "augment", "backbone", "fine-tune", "backbone-norm")
+    pack_settings = (
+        "image-size", "augment", "train-size", "backbone", "fine-tune", "backbone-norm",
+    )
 
     def synthetic_split(self, images: SiteImages) -> tuple[np.ndarray, np.ndarray]:
         return images.images, images.labels

@@ -5,7 +5,8 @@ segmentation (:mod:`fedmed.tasks.imaging_seg`) packs. It registers no task itsel
 site folders are split train/test with a fixed seed, stratified by label when the task has
 one, so every run and every regime scores the same test images.
 
-A pack's own settings (``image-size``, ``augment``; the classification pack also ``backbone``,
+A pack's own settings (``image-size``, ``augment``, ``train-size`` — training images per built-in
+site, :mod:`fedmed.tasks.site_size`; the classification pack also ``backbone``,
 ``fine-tune``, ``backbone-norm``) are :class:`fedmed.tasks.imaging_backbone.ImagingSettings`.
 With ``augment``, the training split (never the test split) gives a fresh MONAI view of each
 image per draw (:mod:`fedmed.tasks.augmentation`, :mod:`fedmed.tasks.imaging_augment`).
@@ -30,7 +31,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from fedmed.config import Scalar
 from fedmed.data.imaging_readers import HeaderDeid
-from fedmed.data.imaging_synth import SITES, SiteImages, make_site_images
+from fedmed.data.imaging_synth import N_TRAIN, SITES, SiteImages, make_site_images
 from fedmed.data.site_folders import site_folders
 from fedmed.data.splits import stratified_split
 from fedmed.errors import DataError
@@ -39,6 +40,7 @@ from fedmed.tasks.augmentation import training_split
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays
 from fedmed.tasks.imaging_augment import MonaiView
 from fedmed.tasks.imaging_backbone import EncodedImages, ImagingSettings, cached_encoding
+from fedmed.tasks.site_size import refuse_with_data_dir
 
 TEST_FRACTION = 0.3
 SPLIT_SEED = 42
@@ -55,7 +57,7 @@ class ImagingPack(TaskPack):
 
     default_sites = tuple(SITES)
     site_marker: ClassVar[str]
-    pack_settings: ClassVar[tuple[str, ...]] = ("image-size", "augment")
+    pack_settings: ClassVar[tuple[str, ...]] = ("image-size", "augment", "train-size")
     mask_target: ClassVar[bool] = False  # a segmentation mask moves with its image's view
     settings: ImagingSettings = ImagingSettings()  # get_task configures each instance
 
@@ -68,8 +70,10 @@ class ImagingPack(TaskPack):
         return site_folders(Path(data_dir), self.site_marker)
 
     def load_site(self, site: str, data_dir: Path | None, seed: int) -> SiteData:
+        refuse_with_data_dir(self.settings.train_size, data_dir)
         if data_dir is None:
-            splits = make_site_images(site, seed, size=self.settings.image_size)
+            splits = make_site_images(site, seed, self.settings.train_size or N_TRAIN,
+                                      size=self.settings.image_size)
             arrays = (*self.synthetic_split(splits.train), *self.synthetic_split(splits.test))
             encodings = state_root() / "encodings"
         else:

@@ -116,7 +116,9 @@ class ImagingRetrievalTask(ImagingPack):
     default_local_epochs = 1
     site_marker = LABELS_FILE
     explainer = INDEXER
-    pack_settings = ("image-size", "augment", "backbone", "fine-tune", "backbone-norm")
+    pack_settings = (
+        "image-size", "augment", "train-size", "backbone", "fine-tune", "backbone-norm",
+    )
     given_settings: Mapping[str, Scalar] = {}
 
     def configure(self, settings: Mapping[str, Scalar]) -> None:

@@ -132,7 +132,7 @@ class ImagingSegmentationTask(ImagingPack):
 
     def configure(self, settings: Mapping[str, Scalar]) -> None:
         """``image-size`` (a multiple of 4: the U-Net halves the grid twice and adds each
-        level's output to the one above) and ``augment``."""
+        level's output to the one above), ``augment`` and ``train-size``."""
         super().configure(settings)
         if self.settings.image_size % 4:
             raise ConfigError(f"imaging-seg: image-size must be a multiple of 4, "
