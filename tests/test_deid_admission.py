@@ -39,16 +39,18 @@ SITE = "academic"
 
 
 def deployed_node(task: str, home: Path, data_dir: Path | None = None,
-                  site: str = SITE) -> HospitalClient:
+                  site: str = SITE, **settings: object) -> HospitalClient:
     """The node ``fedmed node start`` runs: its site, site home and data folder from the node
-    config, its data loaded through the site home's admission stage."""
+    config, its data loaded through the site home's admission stage; ``settings``: the
+    federation's (e.g. ``train_size``)."""
     _open_site.cache_clear()  # a fresh node process
     node_config = {"site": site, "site-home": str(home)}
     if data_dir is not None:
         node_config["data-dir"] = str(data_dir)
     context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
                       run_config={})
-    return HospitalClient(*site_for_context(context, FederationConfig(task=task)))
+    config = FederationConfig(task=task, **settings)  # type: ignore[arg-type]
+    return HospitalClient(*site_for_context(context, config))
 
 
 def entries(home: Path, kind: str) -> list[dict]:
@@ -182,6 +184,17 @@ def test_clinical_notes_are_admitted_in_the_site_home_and_signed(
     assert len(entries(home, "deid-batch")) == 1
     assert files_holding([home / "admitted", home / "audit.jsonl"],
                          [b"Zebulon", b"Quixote", b"48213377"]) == []
+
+
+def test_built_in_clinical_notes_are_signed_by_the_node_too(tmp_path: Path) -> None:
+    """Before: a node serving a built-in ICD site passed its notes through the gate without
+    the site's signer (the stage was dropped on the way), so no deid-batch entry recorded it."""
+    home = tmp_path / "home"
+    client = deployed_node("icd", home, train_size=6)
+    assert len(client.site.data.train) == 6
+    (batch,) = entries(home, "deid-batch")
+    assert batch["task"] == "icd" and batch["items"]["received"] == 6 + 40
+    assert (home / "admitted" / "icd").is_dir()
 
 
 def hospital_export(folder: Path, extra: dict[str, list[str]]) -> Path:

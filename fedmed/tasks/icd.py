@@ -21,6 +21,7 @@ The pack's parts, one module each:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from fedmed.config import Scalar
 from fedmed.data.admission import AdmissionStage
 from fedmed.data.icd_notes import NOTES_FILE, site_notes
 from fedmed.data.icd_synth import (
@@ -46,6 +48,7 @@ from fedmed.tasks import register_task
 from fedmed.tasks.base import SiteData, TaskPack, fingerprint_arrays, predict
 from fedmed.tasks.icd_encoding import NotesDataset
 from fedmed.tasks.icd_model import CamlNet, coding_scores
+from fedmed.tasks.site_size import refuse_with_data_dir, train_size_only
 
 
 def default_site_home(site: str) -> Path:
@@ -62,7 +65,10 @@ def admit_site(site: str, site_home: Path, n_train: int = N_TRAIN_DEFAULT,
     """
     if site not in SITES:
         raise ConfigError(f"unknown icd site {site!r}; sites: {', '.join(SITES)}")
-    return admitted_site_notes("icd", site, site_home, builtin_site_notes(site, n_train, n_test))
+    raw = builtin_site_notes(site, n_train, n_test)
+    if stage is None:
+        return admitted_site_notes("icd", site, site_home, raw)
+    return admitted_site_notes("icd", site, site_home, raw, stage.config, sign=stage.sign)
 
 
 @register_task("icd")
@@ -78,6 +84,11 @@ class IcdTask(TaskPack):
     codes = CODE_IDS
     notes_dataset: type[NotesDataset] = NotesDataset  # how the model reads a released note
     explainer = TextEvidence(CODE_IDS)  # the attention evidence of the first test notes
+    train_size: int | None = None  # built-in sites: training notes each (None: the built-in 120)
+
+    def configure(self, settings: Mapping[str, Scalar]) -> None:
+        """``train-size`` only (:mod:`fedmed.tasks.site_size`)."""
+        self.train_size = train_size_only(self.name, settings)
 
     def site_names(self, data_dir: Path | None = None) -> list[str]:
         if data_dir is None:
@@ -92,8 +103,10 @@ class IcdTask(TaskPack):
             stage = AdmissionStage(site, default_site_home(site))
         else:
             stage = self.admission_stage(site)
+        refuse_with_data_dir(self.train_size, data_dir)
         if data_dir is None:
-            return self.site_data(site, admit_site(site, stage.home, stage=stage))
+            n_train = self.train_size or N_TRAIN_DEFAULT
+            return self.site_data(site, admit_site(site, stage.home, n_train, stage=stage))
         notes = partial(site_notes, Path(data_dir) / site / NOTES_FILE, self.codes)
         return self.site_data(site, admitted_notes("icd", site, stage.home, notes,
                                                    stage.config, sign=stage.sign))
