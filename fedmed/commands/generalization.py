@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,9 @@ STUDY_FILE = "generalization.json"
 
 
 def cmd_generalization(args: argparse.Namespace) -> int:
-    config = federation_config(args.federation, args)
     if args.dp is None:  # local and pooled baselines train without noise: compare like with like
-        config = dataclasses.replace(config, dp=False)
+        args.dp = False  # before parsing, so no DP recipe applies (fedmed.dp_recipes)
+    config = federation_config(args.federation, args)
     pack = get_task(config.task)
     out = args.out.resolve() if args.out else state_dir("studies") / config.federation
     seeds = list(range(config.seed, config.seed + args.seeds))
