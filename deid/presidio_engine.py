@@ -69,7 +69,8 @@ from presidio_analyzer.predefined_recognizers import (  # noqa: E402
 from spacy.attrs import IDX, LENGTH  # noqa: E402
 
 from fedmed.deid.config import DeidConfig  # noqa: E402
-from fedmed.deid.guards import GUARDS_VERSION, guard  # noqa: E402
+from fedmed.deid.guards import GUARDS_VERSION, add_names, guard  # noqa: E402
+from fedmed.deid.guards import warm as warm_guards  # noqa: E402
 from fedmed.deid.phi import Span, merge_overlapping  # noqa: E402
 from fedmed.deid.recognizers import (  # noqa: E402
     PRESIDIO_TO_SUBTYPE,
@@ -367,6 +368,8 @@ class Detector:
                 self.tagger = copy.copy(self.tagger)
                 self.tagger.threshold = self.config.tagger_threshold
         self._tagger_rec = TaggerRecognizer(self.tagger) if self.tagger else None
+        if self._tagger_rec is not None and self.config.guards:
+            warm_guards()  # not inside the first note's detection time
         recognizers: list[EntityRecognizer] = []
         if self._tagger_rec is not None:
             recognizers.append(self._tagger_rec)
@@ -515,6 +518,8 @@ class Detector:
             if span is not None:
                 spans.append(span)
         spans += guard(text, tagged) if self.config.guards else tagged
+        if self.config.guards and self._tagger_rec is not None:
+            spans = add_names(text, merge_overlapping(spans))
         return [_extend_initials(text, s) for s in merge_overlapping(spans)]
 
 
