@@ -213,7 +213,7 @@ def keep(text: str, span: Span) -> bool:
         return False
     if impossible_form(value, span.type):
         return False
-    if _piece_of_clinical_token(text, span):
+    if _piece_of_clinical_token(text, span) or _lab_name_as_id(value, span.type):
         return False
     if span.type == "AGE":
         return _age_ok(text, span)
@@ -271,6 +271,8 @@ def guard(text: str, spans: Sequence[Span]) -> list[Span]:
         return any(o is not s and _next_to(s, o, text) for o in kept)
 
     def same_type_next_to(s: Span) -> bool:
+        if clinical_words_only(text[s.start:s.end], "PATIENT"):
+            return False  # ELIQUIS next to ", ON": a drug is no piece of a name
         gap = 2 if s.type == "PROFESSION" else 1
         return any(o.type == s.type and origin[id(o)] != origin[id(s)]
                    and _next_to(s, o, text, gap) for o in kept)
@@ -433,14 +435,18 @@ def _lab_value(text: str, span: Span) -> bool:
     return bool(m) and _clinical_flags([m.group(1)])[0][0]
 
 
-def _token_around(text: str, span: Span) -> str:
-    """The whitespace-delimited token holding ``span``, without edge punctuation."""
-    start = span.start
+def _token_bounds(text: str, start: int, end: int) -> tuple[int, int]:
+    """Where the whitespace-delimited token(s) holding ``text[start:end]`` begin and end."""
     while start > 0 and not text[start - 1].isspace():
         start -= 1
-    end = span.end
     while end < len(text) and not text[end].isspace():
         end += 1
+    return start, end
+
+
+def _token_around(text: str, span: Span) -> str:
+    """The whitespace-delimited token holding ``span``, without edge punctuation."""
+    start, end = _token_bounds(text, span.start, span.end)
     return text[start:end].strip(_EDGE)
 
 
@@ -450,11 +456,24 @@ def _piece_of_clinical_token(text: str, span: Span) -> bool:
     identifiers are kept whatever their form (:func:`_glued`); these tokens are not
     identifiers, so their pieces are judged by the whole."""
     value = text[span.start:span.end].strip(_EDGE)
-    token = _token_around(text, span)
-    if not value or token == value:
+    if not value:
         return False
     strong, _ = _word_sets()
-    return token.lower() in strong or _DECIMAL.fullmatch(token) is not None
+    for edge in (span.start, span.end - 1):  # "Ca 8" of "Ca 8.2": judge each edge's token
+        start, end = _token_bounds(text, edge, edge + 1)
+        token = text[start:end].strip(_EDGE)
+        cut = (start < span.start and text[start:span.start].strip(_EDGE)) or (
+            end > span.end and text[span.end:end].strip(_EDGE))
+        if cut and (token.lower() in strong or _DECIMAL.fullmatch(token) is not None):
+            return True
+    return False
+
+
+def _lab_name_as_id(value: str, subtype: str) -> bool:
+    """An identifier that is exactly a lab or clinical abbreviation (``B12`` as DEVICE,
+    ``BNP`` as VEHICLE, ``TSH`` as HEALTHPLAN) names a test, not a record."""
+    strong, _ = _word_sets()
+    return subtype in ID_TYPES and value.strip(_EDGE).lower() in strong
 
 
 def _room_ok(text: str, span: Span) -> bool:
