@@ -73,7 +73,7 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
-from fedmed.deid.phi import Span
+from fedmed.deid.phi import Document, Span
 
 GUARDS_VERSION = "guards-2"
 """Recorded in every de-id report next to the decoder version."""
@@ -692,3 +692,26 @@ def warm() -> None:
     occupation_heads()
     place_names("STATE")
     place_names("COUNTRY")
+
+
+# ---------------------------------------------------------------- the no-PHI-vetoed check
+
+def vetoed_phi(docs: Sequence[Document], tagged: Sequence[Sequence[Span]]) -> list[str]:
+    """Every tagger span the guards removed or trimmed where it covered gold PHI: letters
+    and digits of a gold span that the raw tagger span covered and no guarded span does.
+
+    Why: the guards' promise is that they cost no recall on PHI; this lists each breach
+    (``tests/test_deid_guards.py`` asserts none on generated notes, and ``python -m
+    fedmed.deid.guard_check FOLDER...`` runs it on whole gold folders)."""
+    found = []
+    for doc, spans in zip(docs, tagged, strict=True):
+        covered = {i for s in guard(doc.text, spans) for i in range(s.start, s.end)}
+        for s in spans:
+            for g in doc.spans:
+                lost = [i for i in range(max(g.start, s.start), min(g.end, s.end))
+                        if i not in covered and doc.text[i].isalnum()]
+                if lost:
+                    found.append(f"{doc.doc_id}: {s.type} {doc.text[s.start:s.end]!r} "
+                                 f"over gold {g.type} {doc.text[g.start:g.end]!r}")
+    return found
+
