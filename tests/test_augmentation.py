@@ -44,7 +44,7 @@ def test_bad_augment_values_are_refused_naming_the_setting_and_its_values(task: 
 def test_augment_is_refused_where_it_cannot_apply() -> None:
     with pytest.raises(ConfigError, match="takes no augment"):
         pack("heart", augment="light")
-    with pytest.raises(ConfigError, match="takes only augment; not image-size"):
+    with pytest.raises(ConfigError, match="takes only augment and train-size; not image-size"):
         pack("ecg", **{"image-size": "64"})
     # Head or last-blocks fine-tuning trains on encodings made once per image.
     for schedule in ("head", "last-blocks"):
