@@ -3,7 +3,10 @@ examples-per-site size, one panel per file (docs/privacy.md § DP recipes and cu
 
 Usage::
 
-    python bench/dp_curves_plot.py OUT.png RUN.json [RUN.json ...]
+    python bench/dp_curves_plot.py OUT.png RUN.json[+MORE.json ...] [RUN.json ...]
+
+``a.json+b.json`` draws the runs of both files in one panel (the same pack benched in
+several commands, e.g. one size at a time).
 
 Why a separate script: the benches take minutes to hours per pack and run apart; the figure
 is redrawn from what they wrote, never from numbers typed in. ε = ∞ (DP off) is drawn at the
@@ -38,10 +41,18 @@ def curves(runs: list[dict[str, Any]], metric: str) -> dict[str, dict[float, flo
             for label, by_eps in scores.items()}  # fmt: skip
 
 
-def draw(out: Path, files: list[Path]) -> None:
-    fig, axes = plt.subplots(1, len(files), figsize=(5 * len(files), 4), squeeze=False)
-    for axis, path in zip(axes[0], files, strict=True):
-        result = json.loads(path.read_text())
+def panel(spec: str) -> dict[str, Any]:
+    """One panel's results: the files of ``a.json+b.json``, runs joined, first file's title."""
+    results = [json.loads(Path(name).read_text()) for name in spec.split("+")]
+    if len({r["metric"] for r in results}) > 1:
+        raise SystemExit(f"{spec}: the files score different metrics")
+    return {**results[0], "runs": [run for r in results for run in r["runs"]]}
+
+
+def draw(out: Path, panels: list[str]) -> None:
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for axis, spec in zip(axes[0], panels, strict=True):
+        result = panel(spec)
         metric = result["metric"]
         for label, by_eps in curves(result["runs"], metric).items():
             finite = sorted(e for e in by_eps if math.isfinite(e))
@@ -65,7 +76,7 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__.split("Usage::")[1].split("\n\n")[1].strip(), file=sys.stderr)
         return 2
-    draw(Path(argv[0]), [Path(a) for a in argv[1:]])
+    draw(Path(argv[0]), argv[1:])
     return 0
 
 
