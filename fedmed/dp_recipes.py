@@ -11,9 +11,10 @@ How it applies: the federation setting ``dp-recipe`` is ``measured`` (default) o
 With ``measured`` and ``dp`` on, :func:`recipe_overrides` gives the pack's recipe for every
 setting of :data:`RECIPE_SETTINGS` that the federation folder and the command line leave
 out; a value written there always wins. With DP off, or ``dp-recipe = "none"``, the pack's
-plain defaults stand. The coordinator resolves it once from the run config and sends the
-settings in each round's instructions, which the nodes' ledgers record; a node resolving the
-same run config gets the same settings.
+plain defaults stand. The coordinator resolves it once from the run config
+(:meth:`fedmed.config.FederationConfig.from_run_config`) and sends the settings in each
+round's instructions (``fedmed.server.app.fit_config_fn``); what follows from them for
+privacy — the sampling rate, the clip norm and σ — is what each node's ledger records.
 """
 
 from __future__ import annotations

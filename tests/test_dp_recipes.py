@@ -10,7 +10,7 @@ import pytest
 from fedmed.cli import build_parser
 from fedmed.commands.federation import federation_config
 from fedmed.config import FederationConfig
-from fedmed.dp_recipes import RECIPES
+from fedmed.dp_recipes import RECIPE_SETTINGS, RECIPES
 from fedmed.errors import ConfigError
 from fedmed.server.app import fit_config_fn
 from fedmed.tasks import get_task
@@ -45,6 +45,7 @@ def test_every_recipe_names_a_pack_and_only_training_settings() -> None:
     for task, recipe in RECIPES.items():
         config = FederationConfig.from_run_config({"task": task})
         get_task(config.task)  # a registered pack
+        assert set(recipe) <= set(RECIPE_SETTINGS), task
         for key, value in recipe.items():
             assert getattr(config, key.replace("-", "_")) == value, (task, key)
 
