@@ -31,11 +31,12 @@ clean:
 	rm -rf .fedmed runs
 
 # The slow deployment scenarios (poisoned update, node killed mid-round, coordinator
-# restart) with real Flower processes on loopback, plus the acceptance run `test`
-# already holds: 13–16 min on 2 busy cores; and a simulation on a real two-node Ray
-# cluster (`fedmed run --ray-address`, ~75 s). CI (.ci/run) runs it after `test`.
+# restart) with real Flower processes on loopback, and a simulation on a real two-node
+# Ray cluster (`fedmed run --ray-address`, ~75 s). The loopback acceptance run is
+# `test`'s, not run twice. CI (.ci/run) runs this after `test`.
 test-deploy: $(STAMP)
-	FEDMED_DEPLOY_SLOW=1 $(BIN)/python -m pytest tests/test_deploy_loopback.py tests/test_ray_cluster.py
+	FEDMED_DEPLOY_SLOW=1 $(BIN)/python -m pytest tests/test_deploy_loopback.py tests/test_ray_cluster.py \
+		--deselect tests/test_deploy_loopback.py::test_two_rounds_with_secagg_and_dp_over_tls
 
 # The parser fuzz tests of `test` with the long profile: 1000 examples per parser
 # (FEDMED_FUZZ_EXAMPLES=N for more). Derandomised, no example database.

@@ -3,9 +3,12 @@
 Modeled on Opacus's accountant registry: a name maps to a class, and adding a task
 means adding one module in this package that decorates its class with
 :func:`register_task` — no other file changes. Modules are discovered on first
-lookup. A pack whose own dependencies are missing from this install (say presidio
-for the text packs on a node set up for imaging only) does not take the other packs
-down with it: asking for it names the module that failed to import.
+lookup: the module named after the task first (``icd-minilm`` → ``icd_minilm``), every
+module only when that one does not register it — so a Ray actor or a node's worker that
+trains the heart pack never imports the text packs' de-identification stack (seconds of
+CPU per process). A pack whose own dependencies are missing from this install (say
+presidio for the text packs on a node set up for imaging only) does not take the other
+packs down with it: asking for it names the module that failed to import.
 """
 
 from __future__ import annotations
@@ -38,20 +41,35 @@ def register_task(name: str) -> Callable[[type[TaskPack]], type[TaskPack]]:
     return decorator
 
 
+def _import_pack_module(module: str) -> None:
+    """Import one module of this package; a missing third-party dependency is recorded."""
+    try:
+        importlib.import_module(f"{__name__}.{module}")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "fedmed").split(".")[0] == "fedmed":
+            raise  # our own code is broken: never hide that
+        _UNAVAILABLE[module] = f"needs {exc.name!r}, which is not installed"
+
+
 def _discover() -> None:
     global _discovered
     if _discovered:
         return
     for module in pkgutil.iter_modules(__path__):
-        if module.name == "base":
-            continue
-        try:
-            importlib.import_module(f"{__name__}.{module.name}")
-        except ModuleNotFoundError as exc:
-            if (exc.name or "fedmed").split(".")[0] == "fedmed":
-                raise  # our own code is broken: never hide that
-            _UNAVAILABLE[module.name] = f"needs {exc.name!r}, which is not installed"
+        if module.name != "base":
+            _import_pack_module(module.name)
     _discovered = True
+
+
+def _find(name: str) -> type[TaskPack] | None:
+    """The class registered as ``name``: its own module first, then every module."""
+    if name not in _REGISTRY:
+        module = name.replace("-", "_")
+        if any(found.name == module for found in pkgutil.iter_modules(__path__)):
+            _import_pack_module(module)
+    if name not in _REGISTRY:
+        _discover()
+    return _REGISTRY.get(name)
 
 
 def task_names() -> list[str]:
@@ -68,16 +86,15 @@ def get_task(name: str, admission: AdmissionStage | None = None) -> TaskPack:
     ``name`` may carry the pack's own settings (``config.task``, a
     :class:`fedmed.config.TaskRef`): the pack is configured with them, ConfigError if it
     does not take one of them or refuses its value."""
-    _discover()
-    try:
-        pack = _REGISTRY[name]()
-    except KeyError:
+    cls = _find(name)
+    if cls is None:
         missing = _UNAVAILABLE.get(name.replace("-", "_"))
         if missing:
-            raise ConfigError(f"task {name!r} cannot load here: it {missing}") from None
+            raise ConfigError(f"task {name!r} cannot load here: it {missing}")
         raise ConfigError(
             f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+        )
+    pack = cls()
     pack.configure(dict(getattr(name, "settings", {})))
     pack.admission = admission
     return pack
