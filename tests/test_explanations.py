@@ -155,8 +155,9 @@ def test_deid_ner_writes_a_phi_review_of_its_own_test_notes(tmp_path: Path) -> N
 
 
 def test_packs_declare_their_explainer_and_its_kind_is_the_report_text() -> None:
-    explaining = {name for name in EXPLAINED} | {"icd", "icd-minilm", "deid-ner", "heart",
-                                                 "heart-flamby", "imaging-retrieval"}
+    explaining = {name for name in EXPLAINED} | {
+        "icd", "icd-minilm", "icd-sentences", "deid-ner", "heart", "heart-flamby",
+        "imaging-retrieval"}
     for name in task_names():
         pack = get_task(name)
         if name in explaining:

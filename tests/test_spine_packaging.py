@@ -68,3 +68,19 @@ def test_a_pack_missing_a_dependency_leaves_the_others_and_names_what_is_missing
     )
     assert "task 'icd' cannot load here" in proc.stdout
     assert "presidio_analyzer" in proc.stdout
+
+
+def test_a_pack_is_found_without_importing_the_others(tmp_path: Path) -> None:
+    """A simulated node training heart pays for heart's imports only, not for the text
+    packs' de-identification stack (seconds of CPU in every Ray actor and node worker)."""
+    script = (
+        "import sys\n"
+        "from fedmed.tasks import get_task\n"
+        "get_task('heart'); get_task('heart-flamby')\n"  # the second lives in heart.py too
+        "print(sorted(m for m in sys.modules if m.startswith(('fedmed.tasks.', 'presidio'))))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert "fedmed.tasks.heart" in proc.stdout
+    assert "fedmed.tasks.icd" not in proc.stdout and "presidio" not in proc.stdout

@@ -32,10 +32,7 @@ actor per federation, and each would otherwise spend tens of seconds on the same
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import os
-import pickle
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import metadata
@@ -46,11 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedmed.data.private_files import write_private
 from fedmed.explain.text_evidence import CodeEvidence, evidence_from_attention
 from fedmed.tasks import register_task
+from fedmed.tasks.encoding_cache import kept_tensor
 from fedmed.tasks.icd import IcdTask
 from fedmed.tasks.icd_encoding import NotesDataset
+from fedmed.tasks.icd_model import code_attention
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights come from site-packages only
 
@@ -115,29 +113,11 @@ def encoder_identity() -> bytes:
 
 
 def cached_frozen_states(ids: torch.Tensor, mask: torch.Tensor, folder: Path) -> torch.Tensor:
-    """:func:`frozen_states`, read from ``folder`` when an identical encoding was kept there.
-
-    The file name hashes the subword ids, the masks and :func:`encoder_identity`, so
-    other notes or another encoder version never read a stale file. The file holds
-    derived patient text, so it is written like the admitted notes: mode 0600, atomically
-    (concurrent simulated nodes of one site may race to write it). A file that cannot be
-    read back whole is encoded again and replaced.
-    """
-    digest = hashlib.sha256(ids.numpy().tobytes() + mask.numpy().tobytes() + encoder_identity())
-    path = folder / f"minilm-states-{digest.hexdigest()[:32]}.pt"
-    width = 1 + pretrained()[1].config.hidden_size
-    try:
-        kept = torch.load(path, weights_only=True)
-        if isinstance(kept, torch.Tensor) and kept.shape == (len(ids), MAX_SUBWORDS, width):
-            return kept
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
-        pass  # absent or unreadable: encode again below
-    states = frozen_states(ids, mask)
-    buffer = io.BytesIO()
-    torch.save(states, buffer)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_private(path, buffer.getvalue())
-    return states
+    """:func:`frozen_states`, kept in ``folder`` (:func:`fedmed.tasks.encoding_cache.kept_tensor`),
+    keyed by the subword ids, the masks and :func:`encoder_identity`."""
+    key = ids.numpy().tobytes() + mask.numpy().tobytes() + encoder_identity()
+    shape = (len(ids), MAX_SUBWORDS, 1 + pretrained()[1].config.hidden_size)
+    return kept_tensor(folder, "minilm-states", key, shape, lambda: frozen_states(ids, mask))
 
 
 class MiniLMNotesDataset(NotesDataset):
@@ -174,9 +154,7 @@ class MiniLMCoder(nn.Module):
         additive = ((1.0 - mask) * torch.finfo(states.dtype).min)[:, None, None, :]
         hidden = self.top(states, attention_mask=additive)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        scores = self.attention(hidden).masked_fill((mask == 0).unsqueeze(-1), -1e4)
-        weights = torch.softmax(scores, dim=1)
-        return (weights * self.output(hidden)).sum(dim=1), weights
+        return code_attention(hidden, mask == 0, self.attention, self.output)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.attend(features)[0]

@@ -34,6 +34,19 @@ KERNEL = 7  # the receptive field: "no evidence of <code>" and "<code> ruled out
 TOP_K = 5
 
 
+def code_attention(hidden: torch.Tensor, padding: torch.Tensor, attention: nn.Linear,
+                   output: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """CAML's per-code attention over positions, shared by every ICD model here.
+
+    ``hidden``: batch × positions × features; ``padding``: batch × positions, True where
+    there is no input. Returns the logits (batch × codes) and the attention weights
+    (batch × positions × codes); a padded position gets weight 0.
+    """
+    scores = attention(hidden).masked_fill(padding.unsqueeze(-1), -1e4)
+    weights = torch.softmax(scores, dim=1)
+    return (weights * output(hidden)).sum(dim=1), weights
+
+
 class CamlNet(nn.Module):
     """Token ids (batch × tokens) → code logits (batch × codes). DP-SGD ready."""
 
@@ -49,10 +62,7 @@ class CamlNet(nn.Module):
         """Logits (batch × codes) and attention weights (batch × tokens × codes)."""
         hidden = self.conv(self.dropout(self.embedding(ids)).transpose(1, 2))
         hidden = torch.tanh(hidden).transpose(1, 2)  # batch × tokens × channels
-        scores = self.attention(hidden).masked_fill((ids == 0).unsqueeze(-1), -1e4)
-        weights = torch.softmax(scores, dim=1)
-        logits = (weights * self.output(hidden)).sum(dim=1)
-        return logits, weights
+        return code_attention(hidden, ids == 0, self.attention, self.output)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.attend(ids)[0]

@@ -1,0 +1,160 @@
+"""The ``icd-sentences`` pack: the icd notes as frozen MiniLM sentence embeddings, under a
+per-code attention head that is all that trains."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from opacus.grad_sample import GradSampleModule
+from opacus.validators import ModuleValidator
+
+from fedmed.clients.hospital import HospitalClient
+from fedmed.clients.node import HospitalSite
+from fedmed.clients.site_home import SiteHome
+from fedmed.config import FederationConfig, load_federation
+from fedmed.data.icd_synth import CODE_IDS
+from fedmed.explain.outcome import COUNT, ERROR, FINAL_ROUND, FOLDER
+from fedmed.server.app import evaluate_config_fn, fit_config_fn
+from fedmed.tasks import get_task
+from fedmed.tasks.icd_sentences import (
+    EMBEDDING_DIM,
+    EMBEDDING_SCALE,
+    MAX_SENTENCES,
+    IcdSentencesTask,
+    SentenceCoder,
+    embed_sentences,
+    sentence_spans,
+)
+from fedmed.training.loop import TrainSettings, get_weights, train_round
+
+CPU = torch.device("cpu")
+SITE = "veterans"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "icd-sentences"
+
+
+@pytest.fixture(scope="module")
+def pack() -> IcdSentencesTask:
+    task = get_task("icd-sentences")
+    assert isinstance(task, IcdSentencesTask)
+    return task
+
+
+@pytest.fixture(scope="module")
+def gate_home(
+    tmp_path_factory: pytest.TempPathFactory, seeded_gate_home: Callable[[Path], Path]
+) -> Path:
+    return seeded_gate_home(tmp_path_factory.mktemp("icd-sentences-gate"))
+
+
+@pytest.fixture(scope="module")
+def site(pack: IcdSentencesTask, gate_home: Path):
+    """One site through the real gate and the frozen encoder (done once for the module)."""
+    return pack.load_builtin_site(SITE, gate_home)
+
+
+def test_sentences_are_cut_at_sentence_marks_but_not_after_list_numbers() -> None:
+    text = "History:\n1. COPD\n  Labs were reviewed.  No signs of sepsis!\nCall 555 today."
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "History:", "1. COPD", "Labs were reviewed.", "No signs of sepsis!", "Call 555 today."]
+    assert len(sentence_spans("Fine. " * (MAX_SENTENCES + 5))) == MAX_SENTENCES
+    assert sentence_spans("  \n\n ") == []
+
+
+def test_a_note_is_its_sentences_embeddings_scaled_then_padded(site) -> None:
+    dataset = site.train
+    features, targets = dataset[0]
+    assert features.shape == (MAX_SENTENCES, 1 + EMBEDDING_DIM)
+    assert targets.shape == (len(CODE_IDS),)
+    text = dataset.texts[0]
+    sentences = [text[a:b] for a, b in sentence_spans(text)]
+    assert int(features[:, 0].sum()) == len(sentences) > 5
+    torch.testing.assert_close(features[: len(sentences), 1:],
+                               embed_sentences(sentences) * EMBEDDING_SCALE, atol=1e-5, rtol=1e-4)
+    assert not features[len(sentences):].any()  # padding is zero, mask included
+    longest = max(len(sentence_spans(t)) for t in dataset.texts + site.test.texts)
+    assert longest < MAX_SENTENCES  # no built-in note is cut
+    # the data fingerprint is built from the texts, not from machine-dependent floats
+    assert [a.dtype.kind for a in dataset.identity()] == ["u", "f"]
+
+
+def test_a_later_process_reads_the_embeddings_kept_beside_the_admitted_notes(
+    pack: IcdSentencesTask, site, gate_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = sorted(gate_home.rglob("minilm-sentences-*.pt"))
+    assert len(kept) == 2  # train and test
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in kept)  # derived patient text
+
+    def no_encoder(*_: object) -> torch.Tensor:
+        raise AssertionError("the encoder ran again")
+
+    monkeypatch.setattr("fedmed.tasks.icd_sentences.embed_sentences", no_encoder)
+    again = pack.load_builtin_site(SITE, gate_home)
+    assert torch.equal(again.train.inputs, site.train.inputs)
+    assert again.fingerprint == site.fingerprint
+
+
+def test_only_the_head_trains_and_its_per_example_gradients_are_exact(
+    pack: IcdSentencesTask, site
+) -> None:
+    model = pack.build_model()
+    assert isinstance(model, SentenceCoder)
+    assert sum(p.numel() for p in model.parameters()) == 2 * (EMBEDDING_DIM + 1) * len(CODE_IDS)
+    assert ModuleValidator.validate(model, strict=True) == []
+    batch = torch.stack([site.train[i][0] for i in range(3)])
+    targets = site.train.targets[:3]
+    wrapped = GradSampleModule(model)
+    pack.loss(wrapped(batch), targets).backward()
+    single = pack.build_model()
+    single.load_state_dict(model.state_dict())
+    pack.loss(single(batch[1:2]), targets[1:2]).backward()  # Opacus undoes the batch mean
+    for name in ("attention.weight", "output.weight", "output.bias"):
+        torch.testing.assert_close(model.get_parameter(name).grad_sample[1],
+                                   single.get_parameter(name).grad, rtol=1e-3, atol=1e-6)
+
+
+def test_training_codes_the_test_notes_and_evidence_is_released_sentences(
+    pack: IcdSentencesTask, site
+) -> None:
+    torch.manual_seed(0)
+    model = pack.build_model()
+    untrained = pack.evaluate(model, site.test, CPU)["micro_f1"]
+    train_round(pack, model, site.train, TrainSettings(10, 16, pack.default_lr, seed=0), CPU)
+    scores = pack.evaluate(model, site.test, CPU)
+    assert scores["micro_f1"] > untrained + 0.4  # 0.24 → 0.76 on 120 notes
+    explained = 0
+    for text in site.test.texts[:5]:
+        sentences = {text[a:b] for a, b in sentence_spans(text)}
+        for item in model.evidence(text, top_k=2):
+            assert item.code in CODE_IDS and item.probability >= 0.5
+            for span in item.spans:
+                assert text[span.start:span.end] == span.text and span.text in sentences
+            explained += 1
+    assert explained >= 5
+
+
+def test_a_dp_round_of_the_example_through_the_node_spends_epsilon_and_writes_evidence(
+    pack: IcdSentencesTask, site, tmp_path: Path
+) -> None:
+    """One DP-SGD round of ``examples/icd-sentences`` and the final evaluation through the
+    node's own code (site home, policy, ledger, Opacus, explainer), in-process like
+    tests/test_icd_minilm.py: a Ray federation would encode every site again per actor."""
+    config = replace(FederationConfig.from_run_config(load_federation(EXAMPLE)),
+                     num_server_rounds=1, local_epochs=1)
+    assert config.task == "icd-sentences" and config.dp
+    SiteHome.open(tmp_path / SITE, SITE, pack.name)
+    client = HospitalClient(HospitalSite(SITE, pack, site, CPU), tmp_path / SITE)
+    torch.manual_seed(0)
+    weights, count, metrics = client.fit(get_weights(pack.build_model()),
+                                         fit_config_fn(config, pack, "run-1")(1))
+    assert metrics["refused"] == 0 and count == len(site.train)
+    assert metrics["noise-multiplier"] > 0 and 0 < metrics["epsilon"] <= 1.0 + 1e-6
+    final = {**evaluate_config_fn("run-1")(1), "num-rounds": 1, FINAL_ROUND: True}
+    _, _, scores = client.evaluate(weights, final)
+    assert set(scores) >= {"micro_f1", "macro_f1", "precision_at_5"}
+    assert scores[COUNT] == 2 and not scores.get(ERROR)
+    assert sorted(p.name for p in Path(str(scores[FOLDER])).iterdir()) == [
+        f"evidence-{SITE}.json", f"evidence-{SITE}.md"]
