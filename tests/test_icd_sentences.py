@@ -17,6 +17,7 @@ from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig, load_federation
 from fedmed.data.icd_synth import CODE_IDS
+from fedmed.dp_recipes import RECIPES
 from fedmed.explain.outcome import COUNT, ERROR, FINAL_ROUND, FOLDER
 from fedmed.server.app import evaluate_config_fn, fit_config_fn
 from fedmed.tasks import get_task
@@ -145,6 +146,8 @@ def test_a_dp_round_of_the_example_through_the_node_spends_epsilon_and_writes_ev
     config = replace(FederationConfig.from_run_config(load_federation(EXAMPLE)),
                      num_server_rounds=1, local_epochs=1)
     assert config.task == "icd-sentences" and config.dp
+    recipe = RECIPES["icd-sentences"]  # the example leaves lr and clip to the measured recipe
+    assert (config.lr, config.clip_norm) == (recipe["lr"], recipe["clip-norm"])
     SiteHome.open(tmp_path / SITE, SITE, pack.name)
     client = HospitalClient(HospitalSite(SITE, pack, site, CPU), tmp_path / SITE)
     torch.manual_seed(0)
