@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.server.strategy.aggregate import aggregate
 
@@ -90,6 +91,14 @@ def run_in_process(
 
     ``run_id`` (default ``bench-seed<seed>``): the run the sites are told; each site draws
     its DP noise from its secret and the run id, so ``--check-ray`` passes the Ray run's."""
+    clients, weights = federate(config, homes, run_id)
+    return {c.site.name: c.site.evaluate(weights) for c in clients}
+
+
+def federate(
+    config: FederationConfig, homes: Path, run_id: str = ""
+) -> tuple[list[HospitalClient], list[np.ndarray]]:
+    """The sites and the final global weights of FedAvg over HospitalClient.fit."""
     pack = get_task(config.task)
     sites = config.site_list(pack.site_names(Path(config.data_dir) if config.data_dir else None))
     clients = []
@@ -105,7 +114,7 @@ def run_in_process(
         if len(accepted) < len(clients):
             raise RuntimeError(f"round {server_round}: a site refused: {replies}")
         weights = aggregate(accepted)
-    return {c.site.name: c.site.evaluate(weights) for c in clients}
+    return clients, weights
 
 
 def run_with_ray(
