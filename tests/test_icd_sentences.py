@@ -16,7 +16,7 @@ from fedmed.clients.hospital import HospitalClient
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig, load_federation
-from fedmed.data.icd_synth import CODE_IDS
+from fedmed.data.icd_synth import CODE_IDS, describe
 from fedmed.dp_recipes import RECIPES
 from fedmed.explain.outcome import COUNT, ERROR, FINAL_ROUND, FOLDER
 from fedmed.server.app import evaluate_config_fn, fit_config_fn
@@ -25,6 +25,7 @@ from fedmed.tasks.icd_sentences import (
     EMBEDDING_DIM,
     EMBEDDING_SCALE,
     MAX_SENTENCES,
+    TITLE_LOGIT_SCALE,
     IcdSentencesTask,
     SentenceCoder,
     embed_sentences,
@@ -117,6 +118,18 @@ def test_only_the_head_trains_and_its_per_example_gradients_are_exact(
                                    single.get_parameter(name).grad, rtol=1e-3, atol=1e-6)
 
 
+def test_the_untrained_head_is_a_zero_shot_coder_from_the_code_titles(
+    pack: IcdSentencesTask, site
+) -> None:
+    titled = pack.build_model()
+    titles = embed_sentences([describe(code) for code in CODE_IDS])
+    torch.testing.assert_close(titled.output.weight * EMBEDDING_SCALE, titles * TITLE_LOGIT_SCALE)
+    torch.manual_seed(0)
+    random_start = SentenceCoder(len(CODE_IDS))  # the same head without the titles
+    zero_shot = pack.evaluate(titled, site.test, CPU)["micro_f1"]
+    assert zero_shot > pack.evaluate(random_start, site.test, CPU)["micro_f1"] + 0.2
+
+
 def test_training_codes_the_test_notes_and_evidence_is_released_sentences(
     pack: IcdSentencesTask, site
 ) -> None:
@@ -125,7 +138,7 @@ def test_training_codes_the_test_notes_and_evidence_is_released_sentences(
     untrained = pack.evaluate(model, site.test, CPU)["micro_f1"]
     train_round(pack, model, site.train, TrainSettings(10, 16, pack.default_lr, seed=0), CPU)
     scores = pack.evaluate(model, site.test, CPU)
-    assert scores["micro_f1"] > untrained + 0.4  # 0.24 → 0.76 on 120 notes
+    assert scores["micro_f1"] > untrained + 0.2  # 0.49 → 0.82 on 120 notes
     explained = 0
     for text in site.test.texts[:5]:
         sentences = {text[a:b] for a, b in sentence_spans(text)}
