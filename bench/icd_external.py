@@ -19,7 +19,8 @@ For each pack and ε it trains FedAvg over the four built-in sites at ``--size``
 notes per site exactly as ``bench/dp_accuracy.py`` does (the same HospitalClient path, the
 pack's DP recipe with DP on), then scores the final global model on the built-in test
 notes (mean over sites) and on the external notes, which pass a de-identification gate of
-their own first, like any site's notes.
+their own first, like any site's notes. The first row of each pack is the initial global
+model, untrained (for ``icd-sentences`` the zero-shot coder of the codes' titles).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from fedmed.clients.node import HospitalSite
-from fedmed.training.loop import set_weights
+from fedmed.training.loop import get_weights, set_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "bench" / "data" / "icd-external"
@@ -64,26 +65,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"micro_f1 / macro_f1 of the final global model (FedAvg, {args.size} training notes "
           f"per built-in site, seed {args.seed}); built-in: mean over the sites' test notes; "
           f"external: every note of {args.data / SITE}", flush=True)
-    print(f"{'pack':14} {'epsilon':>7} | {'built-in':>13} | {'external':>13} | training")
+    print(f"{'pack':14} {'epsilon':>9} | {'built-in':>13} | {'external':>13} | training")
     for task in args.tasks.split(","):
         folder = REPO / "examples" / task
         settings = bench.base_settings(bench.parse_args(["--federation", str(folder)]))
         external = HospitalSite.open(task, SITE, args.data, args.seed)
         notes = ConcatDataset([external.data.train, external.data.test])
+        plain = bench.point_config(settings, args.size, math.inf, args.seed)
+        names = plain.site_list(external.pack.site_names())
+        sites = [bench.loaded_site(plain, site) for site in names]
+        torch.manual_seed(args.seed)  # as the coordinator's initial model
+        untrained = get_weights(external.pack.build_model())
+        row(task, "untrained", [s.evaluate(untrained) for s in sites],
+            score(external, notes, untrained), "the initial global model")
         for epsilon in (float(e) for e in args.epsilons.split(",")):
             config = bench.point_config(settings, args.size, epsilon, args.seed)
             with tempfile.TemporaryDirectory(prefix="icd-external-") as homes:
                 clients, weights = bench.federate(config, Path(homes))
-            own = [c.site.evaluate(weights) for c in clients]
-            model = external.pack.build_model()
-            set_weights(model, weights)
-            outside = external.pack.evaluate(model, notes, torch.device("cpu"))
-            built_in = {m: sum(s[m] for s in own) / len(own) for m in ("micro_f1", "macro_f1")}
-            label = "inf" if math.isinf(epsilon) else f"{epsilon:g}"
-            print(f"{task:14} {label:>7} | {built_in['micro_f1']:.3f} / {built_in['macro_f1']:.3f}"
-                  f" | {outside['micro_f1']:.3f} / {outside['macro_f1']:.3f} | "
-                  f"{bench.training(config)}", flush=True)
+            row(task, "inf" if math.isinf(epsilon) else f"{epsilon:g}",
+                [c.site.evaluate(weights) for c in clients], score(external, notes, weights),
+                bench.training(config))
     return 0
+
+
+def score(external: HospitalSite, notes: ConcatDataset, weights: list) -> dict[str, float]:
+    """The pack's metrics of ``weights`` on every external note."""
+    model = external.pack.build_model()
+    set_weights(model, weights)
+    return external.pack.evaluate(model, notes, torch.device("cpu"))
+
+
+def row(task: str, label: str, own: list[dict[str, float]], outside: dict[str, float],
+        training: str) -> None:
+    """One line of the table: built-in means over sites, then the external notes."""
+    built_in = {m: sum(s[m] for s in own) / len(own) for m in ("micro_f1", "macro_f1")}
+    print(f"{task:14} {label:>9} | {built_in['micro_f1']:.3f} / {built_in['macro_f1']:.3f}"
+          f" | {outside['micro_f1']:.3f} / {outside['macro_f1']:.3f} | {training}", flush=True)
 
 
 if __name__ == "__main__":
