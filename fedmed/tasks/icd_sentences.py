@@ -30,6 +30,14 @@ Encoding cost: a site embeds each distinct sentence once (templated lines — "D
 plan with the patient." — recur across notes), and keeps the result beside its admitted
 notes (:mod:`fedmed.tasks.encoding_cache`).
 
+Start from the codes' titles: the head does not start at random but as a zero-shot coder
+(:class:`SentenceCoder`, :func:`title_embeddings`): code c attends to the sentences whose
+embeddings are closest to that of its public title ("Acute kidney failure, unspecified")
+and scores them by that cosine. Public text only, so it costs no privacy budget; it is what
+carries the pack to notes unlike the training notes (docs/icd.md § On notes the generator
+did not write: micro-F1 0.514 → 0.758 without DP, 0.312 → 0.619 at ε = 1, on hand-written
+notes, 1,000 training notes per site).
+
 Evidence: the attention weights are over sentences, so a code's evidence is the sentences it
 attended to most (:func:`fedmed.explain.text_evidence.evidence_from_attention`, reach 0).
 """
