@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from icd_node_round import dp_round_through_the_node
 from opacus.grad_sample import GradSampleModule
 from opacus.validators import ModuleValidator
 
-from fedmed.clients.hospital import HospitalClient
-from fedmed.clients.node import HospitalSite
-from fedmed.clients.site_home import SiteHome
-from fedmed.config import FederationConfig, load_federation
 from fedmed.data.icd_synth import CODE_IDS
-from fedmed.explain.outcome import COUNT, ERROR, FINAL_ROUND, FOLDER
-from fedmed.server.app import evaluate_config_fn, fit_config_fn
 from fedmed.tasks import get_task, task_names
 from fedmed.tasks.icd_minilm import (
     FROZEN_LAYERS,
@@ -159,24 +153,6 @@ def test_evidence_spans_are_released_text(trained, rural) -> None:
 def test_a_dp_round_through_the_node_spends_epsilon_and_writes_evidence(
     pack: IcdMiniLMTask, rural, tmp_path: Path
 ) -> None:
-    """One DP-SGD round and the final evaluation through the node's own code (site home,
-    policy, ledger, Opacus, explainer). In-process: a Ray federation would encode every
-    site's notes again in each simulated node, minutes of CPU here; the Simulation Engine
-    runs the same client code for every pack (tests/test_spine_federation.py)."""
-    config = replace(FederationConfig.from_run_config(
-        load_federation(Path(__file__).resolve().parents[1] / "examples" / "icd-minilm")),
-        num_server_rounds=1, local_epochs=1)
-    SiteHome.open(tmp_path / SITE, SITE, pack.name)
-    client = HospitalClient(HospitalSite(SITE, pack, rural, CPU), tmp_path / SITE)
-    torch.manual_seed(0)
-    weights, count, metrics = client.fit(get_weights(pack.build_model()),
-                                         fit_config_fn(config, pack, "run-1")(1))
-    assert metrics["refused"] == 0 and count == len(rural.train)
-    assert metrics["noise-multiplier"] > 0 and 0 < metrics["epsilon"] <= 1.0 + 1e-6
-    final = {**evaluate_config_fn("run-1")(1), "num-rounds": 1, FINAL_ROUND: True}
-    _, _, scores = client.evaluate(weights, final)
-    assert set(scores) >= {"micro_f1", "macro_f1", "precision_at_5"}
-    assert scores[COUNT] == 2 and not scores.get(ERROR)
-    assert sorted(p.name for p in Path(str(scores[FOLDER])).iterdir()) == [
-        f"evidence-{SITE}.json", f"evidence-{SITE}.md"]
+    example = Path(__file__).resolve().parents[1] / "examples" / "icd-minilm"
+    dp_round_through_the_node(pack, rural, example, tmp_path)
     assert "icd-minilm" in task_names()

@@ -4,22 +4,16 @@ per-code attention head that is all that trains."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from icd_node_round import dp_round_through_the_node
 from opacus.grad_sample import GradSampleModule
 from opacus.validators import ModuleValidator
 
-from fedmed.clients.hospital import HospitalClient
-from fedmed.clients.node import HospitalSite
-from fedmed.clients.site_home import SiteHome
-from fedmed.config import FederationConfig, load_federation
 from fedmed.data.icd_synth import CODE_IDS, describe
 from fedmed.dp_recipes import RECIPES
-from fedmed.explain.outcome import COUNT, ERROR, FINAL_ROUND, FOLDER
-from fedmed.server.app import evaluate_config_fn, fit_config_fn
 from fedmed.tasks import get_task
 from fedmed.tasks.icd_sentences import (
     EMBEDDING_DIM,
@@ -31,7 +25,7 @@ from fedmed.tasks.icd_sentences import (
     embed_sentences,
     sentence_spans,
 )
-from fedmed.training.loop import TrainSettings, get_weights, train_round
+from fedmed.training.loop import TrainSettings, train_round
 
 CPU = torch.device("cpu")
 SITE = "veterans"
@@ -153,24 +147,7 @@ def test_training_codes_the_test_notes_and_evidence_is_released_sentences(
 def test_a_dp_round_of_the_example_through_the_node_spends_epsilon_and_writes_evidence(
     pack: IcdSentencesTask, site, tmp_path: Path
 ) -> None:
-    """One DP-SGD round of ``examples/icd-sentences`` and the final evaluation through the
-    node's own code (site home, policy, ledger, Opacus, explainer), in-process like
-    tests/test_icd_minilm.py: a Ray federation would encode every site again per actor."""
-    config = replace(FederationConfig.from_run_config(load_federation(EXAMPLE)),
-                     num_server_rounds=1, local_epochs=1)
+    config = dp_round_through_the_node(pack, site, EXAMPLE, tmp_path)
     assert config.task == "icd-sentences" and config.dp
     recipe = RECIPES["icd-sentences"]  # the example leaves lr and clip to the measured recipe
     assert (config.lr, config.clip_norm) == (recipe["lr"], recipe["clip-norm"])
-    SiteHome.open(tmp_path / SITE, SITE, pack.name)
-    client = HospitalClient(HospitalSite(SITE, pack, site, CPU), tmp_path / SITE)
-    torch.manual_seed(0)
-    weights, count, metrics = client.fit(get_weights(pack.build_model()),
-                                         fit_config_fn(config, pack, "run-1")(1))
-    assert metrics["refused"] == 0 and count == len(site.train)
-    assert metrics["noise-multiplier"] > 0 and 0 < metrics["epsilon"] <= 1.0 + 1e-6
-    final = {**evaluate_config_fn("run-1")(1), "num-rounds": 1, FINAL_ROUND: True}
-    _, _, scores = client.evaluate(weights, final)
-    assert set(scores) >= {"micro_f1", "macro_f1", "precision_at_5"}
-    assert scores[COUNT] == 2 and not scores.get(ERROR)
-    assert sorted(p.name for p in Path(str(scores[FOLDER])).iterdir()) == [
-        f"evidence-{SITE}.json", f"evidence-{SITE}.md"]
