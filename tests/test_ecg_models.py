@@ -1,4 +1,5 @@
-"""The new ECG models under DP-SGD (CNN-LSTM, denoising autoencoder) and 1-D Grad-CAM."""
+"""The added ECG models under DP-SGD (CNN-LSTM, denoising autoencoder, rhythm features) and
+1-D Grad-CAM."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from fedmed.tasks.ecg_lstm import EcgCnnLstm, EcgLstmTask
 from fedmed.training.loop import TrainSettings, train_round
 
 CPU = torch.device("cpu")
-NEW_MODELS = ("ecg-lstm", "ecg-denoise")
+NEW_MODELS = ("ecg-lstm", "ecg-denoise", "ecg-rhythm")
 
 
 def test_lstm_pack_is_the_ecg_task_with_another_model() -> None:
@@ -94,7 +95,7 @@ def test_denoiser_shapes() -> None:
 # --- Grad-CAM -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["ecg", "ecg-lstm"])
+@pytest.mark.parametrize("name", ["ecg", "ecg-lstm", "ecg-rhythm"])
 def test_saliency_maps_cover_the_trace_in_unit_range(name: str) -> None:
     pack = get_task(name)
     torch.manual_seed(0)

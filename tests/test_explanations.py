@@ -44,6 +44,7 @@ EXPLAINED = {  # pack → the file names its hook writes for a site
     "imaging-seg": "segmentation-{site}-{i}.png",
     "ecg": "saliency-{site}-{i}.png",
     "ecg-lstm": "saliency-{site}-{i}.png",
+    "ecg-rhythm": "saliency-{site}-{i}.png",
 }
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -7,6 +7,11 @@ same implementation as for images) for each window's *predicted* class.
 
 The layer is the pack's to name (``ecg``: the CNN's last feature map; ``ecg-lstm``: the
 convolutional features the LSTM reads, whose gradients pass through the recurrence).
+
+A model whose only trained part is a linear layer over fixed features (``ecg-rhythm``) has
+no learned feature map for Grad-CAM to weigh — on its few fixed band envelopes the weighted
+sum is often negative everywhere, a blank map. :class:`EcgGradientSaliency` explains such a
+model by input × gradient (MONAI's ``VanillaGrad``) instead, smoothed over about one QRS.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import torch
 from torch import nn
 
 from fedmed.data.ecg_readers import COMMON_RATE
-from fedmed.explain.base import PictureExplainer
-from fedmed.explain.gradcam import grad_cam
+from fedmed.explain.base import PictureExplainer, explained_copy
+from fedmed.explain.gradcam import grad_cam, unit_range
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 SALIENCY_ALPHA = 0.35
+# Input × gradient is smoothed over about one QRS complex (90 ms at the 100 Hz common rate).
+GRADIENT_SMOOTHING = 9
 
 
 class EcgSaliency(PictureExplainer):
@@ -63,6 +70,32 @@ class EcgSaliency(PictureExplainer):
                 f"{self.class_names[predicted[index]]} (p={probability[index]:.2f})", self.rate)
             for index, caption in enumerate(captions)
         ]
+
+
+class EcgGradientSaliency(EcgSaliency):
+    """|input × gradient| of each window's predicted class, smoothed and scaled to ``[0, 1]``:
+    for models with a fixed front end (module docstring). Same files and titles."""
+
+    kind = "input × gradient saliency over the trace (PNG)"
+
+    def __init__(self, class_names: Sequence[str], rate: float = COMMON_RATE) -> None:
+        super().__init__("", class_names, rate)
+
+    def maps(
+        self, model: nn.Module, windows: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from monai.visualize import VanillaGrad  # MONAI's import is slow: only when explaining
+
+        explained = explained_copy(model)
+        gradient = VanillaGrad(explained)  # one window at a time: MONAI's contract
+        relevance = torch.cat([
+            (gradient(window[None].clone()) * window[None]).abs() for window in windows])
+        smoothed = nn.functional.avg_pool1d(
+            relevance, GRADIENT_SMOOTHING, stride=1, padding=GRADIENT_SMOOTHING // 2,
+            count_include_pad=False)  # fmt: skip
+        with torch.no_grad():
+            best = torch.softmax(explained(windows), dim=1).max(dim=1)
+        return unit_range(smoothed)[:, 0].numpy(), best.indices.numpy(), best.values.numpy()
 
 
 def saliency_figure(
