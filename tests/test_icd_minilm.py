@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from icd_node_round import dp_round_through_the_node
+from node_round import ICD_EVIDENCE, ICD_SCORES, dp_round_through_the_node
 from opacus.grad_sample import GradSampleModule
 from opacus.validators import ModuleValidator
 
@@ -154,5 +154,5 @@ def test_a_dp_round_through_the_node_spends_epsilon_and_writes_evidence(
     pack: IcdMiniLMTask, rural, tmp_path: Path
 ) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "icd-minilm"
-    dp_round_through_the_node(pack, rural, example, tmp_path)
+    dp_round_through_the_node(pack, rural, example, tmp_path, ICD_SCORES, ICD_EVIDENCE)
     assert "icd-minilm" in task_names()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from icd_node_round import dp_round_through_the_node
+from node_round import ICD_EVIDENCE, ICD_SCORES, dp_round_through_the_node
 from opacus.grad_sample import GradSampleModule
 from opacus.validators import ModuleValidator
 
@@ -147,7 +147,7 @@ def test_training_codes_the_test_notes_and_evidence_is_released_sentences(
 def test_a_dp_round_of_the_example_through_the_node_spends_epsilon_and_writes_evidence(
     pack: IcdSentencesTask, site, tmp_path: Path
 ) -> None:
-    config = dp_round_through_the_node(pack, site, EXAMPLE, tmp_path)
+    config = dp_round_through_the_node(pack, site, EXAMPLE, tmp_path, ICD_SCORES, ICD_EVIDENCE)
     assert config.task == "icd-sentences" and config.dp
     recipe = RECIPES["icd-sentences"]  # the example leaves lr and clip to the measured recipe
     assert (config.lr, config.clip_norm) == (recipe["lr"], recipe["clip-norm"])
