@@ -14,6 +14,14 @@ Opacus's ``hooks``, expanded weights ``ew``, ghost clipping ``ghost``, and ``aut
 mode a node picks; ``functorch`` on request). Ratios are DP / non-DP, median over
 ``--repeats`` interleaved runs (see :func:`measure`). ``--device cuda`` measures the same on
 a GPU (the clock stops only after the GPU has finished: :func:`torch.cuda.synchronize`).
+
+The last column, ``DP recipe``, is what turning DP on costs a node as shipped: DP-SGD
+(``auto``) with the pack's measured DP recipe (``fedmed.dp_recipes``: its batch size, lr and
+clip norm, which a node trains with under DP) against the same plain runs at the pack's
+plain defaults, the same number of epochs; ``-`` for a pack without a recipe (its DP runs
+are the ``auto`` column's). The other columns compare at one batch size: the per-example
+gradient machinery's cost. A larger recipe batch means fewer DP steps, and Opacus's
+per-step cost (clipping, noise, the accountant's record) is paid fewer times.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset, Subset
 
+from fedmed.dp_recipes import RECIPES
 from fedmed.errors import ConfigError
 from fedmed.privacy.trainer import GRAD_SAMPLE_MODES, DPTrainer, poisson_schedule
 from fedmed.tasks import TaskPack, get_task, task_names
@@ -74,26 +83,32 @@ def measure(task: str, max_examples: int, repeats: int, device: torch.device,
     warm, _ = run_once(pack, data, one_epoch, None, device)
     epochs = max(1, math.ceil(MIN_SECONDS / max(warm, 1e-6)))
     settings = dataclasses.replace(one_epoch, local_epochs=epochs)
-    rate, steps = poisson_schedule(len(data), settings.batch_size)
 
-    def maker(mode: str) -> Callable[[], DPTrainer]:
-        return lambda: DPTrainer(1.0, rate, steps * epochs, 1.0, pack.loss,
+    def maker(mode: str, trained: TrainSettings, clip: float = 1.0) -> Callable[[], DPTrainer]:
+        rate, steps = poisson_schedule(len(data), trained.batch_size)
+        return lambda: DPTrainer(1.0, rate, steps * epochs, clip, pack.loss,
                                  grad_sample_mode=mode, task=task)
 
-    runners: dict[str, Callable[[], DPTrainer] | None] = {"plain": None}
+    runners: dict[str, tuple[TrainSettings, Callable[[], DPTrainer] | None]] = {
+        "plain": (settings, None)}
     failures: dict[str, str] = {}
     for mode in modes:
-        try:
-            run_once(pack, data, settings, maker(mode), device)  # warm-up; does the mode work?
-            runners[mode] = maker(mode)
+        try:  # warm-up; does the mode work?
+            run_once(pack, data, settings, maker(mode, settings), device)
+            runners[mode] = (settings, maker(mode, settings))
         except (ConfigError, RuntimeError, NotImplementedError, TypeError) as exc:
             failures[mode] = "n/a"  # e.g. ew on grouped convolutions; reason in the footer
             NOTES.append(f"{task} {mode}: {str(exc).splitlines()[0][:90]}")
+    recipe = RECIPES.get(task)
+    if recipe is not None:
+        shipped = dataclasses.replace(settings, batch_size=int(recipe["batch-size"]),
+                                      lr=float(recipe["lr"]))
+        runners["recipe"] = (shipped, maker("auto", shipped, float(recipe["clip-norm"])))
     times: dict[str, list[float]] = {name: [] for name in runners}
     used = "-"
     for _ in range(repeats):
-        for name, make in runners.items():
-            seconds, mode = run_once(pack, data, settings, make, device)
+        for name, (trained, make) in runners.items():
+            seconds, mode = run_once(pack, data, trained, make, device)
             times[name].append(seconds)
             used = mode if name == "auto" else used
     cells = [f"{task:<12} {site:<12} {len(data):>6} "
@@ -102,12 +117,16 @@ def measure(task: str, max_examples: int, repeats: int, device: torch.device,
         if mode in failures:
             cells.append(f"{failures[mode]:>14}")
             continue
-        ratio = statistics.median(
-            d / p for d, p in zip(times[mode], times["plain"], strict=True)
-        )
-        label = f"{ratio:.2f}x" + (f" ({used})" if mode == "auto" else "")
+        label = _ratio(times, mode) + (f" ({used})" if mode == "auto" else "")
         cells.append(f"{label:>14}")
+    cells.append(f"{_ratio(times, 'recipe') if recipe else '-':>10}")
     return " ".join(cells)
+
+
+def _ratio(times: dict[str, list[float]], name: str) -> str:
+    """Median over repeats of ``name``'s time / the same repeat's plain time, as ``1.23x``."""
+    ratios = (d / p for d, p in zip(times[name], times["plain"], strict=True))
+    return f"{statistics.median(ratios):.2f}x"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{device} ({torch.cuda.get_device_name(device)}), 1 CPU thread"
     print(f"DP / non-DP training time, median of {args.repeats} interleaved runs, {where}")
     print(f"{'task':<12} {'site':<12} {'n':>6} {'epoch ms':>9} "
-          + " ".join(f"{'DP ' + m:>14}" for m in modes))
+          + " ".join(f"{'DP ' + m:>14}" for m in modes) + f" {'DP recipe':>10}")
     for task in tasks:
         print(measure(task, args.max_examples, args.repeats, device, modes), flush=True)
     for note in NOTES:
