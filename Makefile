@@ -35,7 +35,7 @@ clean:
 # Ray cluster (`fedmed run --ray-address`, ~75 s). The loopback acceptance run is
 # `test`'s, not run twice. CI (.ci/run) runs this after `test`.
 test-deploy: $(STAMP)
-	FEDMED_DEPLOY_SLOW=1 $(BIN)/python -m pytest tests/test_deploy_loopback.py tests/test_ray_cluster.py \
+	FEDMED_DEPLOY_SLOW=1 $(BIN)/python -m pytest tests/test_deploy_loopback.py tests/test_deploy_memory_state.py tests/test_ray_cluster.py \
 		--deselect tests/test_deploy_loopback.py::test_two_rounds_with_secagg_and_dp_over_tls
 
 # The parser fuzz tests of `test` with the long profile: 1000 examples per parser

@@ -15,7 +15,8 @@ Two measurements, side by side in one run:
    message, load the app, run it, push the reply, from each node's task lines
    (:class:`fedmed.deploy.warm_worker.TaskClock`) — and the rest (polling, transport,
    SuperLink); and the coordinator's own time between exchanges.
-   ``--deploy-secagg`` adds deployed SecAgg+ runs.
+   ``--deploy-secagg`` adds deployed SecAgg+ runs; ``--memory-state`` runs the coordinator
+   with its SuperLink state in memory (``fedmed coordinator start --memory-state``).
 2. ``secagg``: SecAgg+ vs plain FedAvg **in simulation** (Flower's Simulation Engine,
    as the deployment issue's goal says), a 1,011,010-parameter MLP trained one local
    epoch per round at each node, at 3 and 10 nodes, with SecAgg's full graph
@@ -31,7 +32,7 @@ Two measurements, side by side in one run:
    goes (cProfile of every node message).
 
 Run: ``.venv/bin/python bench/deploy_overhead.py [--part deploy|secagg|all]
-[--rounds 3] [--sim-rounds 21] [--deploy-secagg] [--nodes 3,10] [--secagg-rounds 6]
+[--rounds 3] [--sim-rounds 21] [--deploy-secagg] [--memory-state] [--nodes 3,10] [--secagg-rounds 6]
 [--secagg-shares 1,5] [--repeat 3] [--local-epochs 1] [--profile-nodes]``.
 """
 
@@ -132,7 +133,8 @@ class Deployed:
 
 def deployed(args: argparse.Namespace, tmp: Path, secagg: bool, evaluate_every: int) -> Deployed:
     name = f"deploy-{'secagg' if secagg else 'plain'}-{evaluate_every}"
-    with LoopbackFederation(tmp / name, "heart", args.sites, HEART_DATA) as federation:
+    with LoopbackFederation(tmp / name, "heart", args.sites, HEART_DATA,
+                            memory_state=args.memory_state) as federation:
         for node in federation.nodes.values():  # homes were created from the kits at start
             lift_budget(node.site_home)
         config = dataclasses.replace(
@@ -471,6 +473,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="deployed rounds")
     parser.add_argument("--sim-rounds", type=int, default=21, help="simulated rounds")
     parser.add_argument("--deploy-secagg", action="store_true")
+    parser.add_argument("--memory-state", action="store_true",
+                        help="the deployed coordinator keeps its SuperLink state in memory "
+                        "(fedmed coordinator start --memory-state)")
     parser.add_argument("--nodes", default="3,10")
     parser.add_argument("--secagg-rounds", type=int, default=6)
     parser.add_argument(

@@ -29,6 +29,7 @@ from fedmed.deploy.kit import (
 )
 from fedmed.deploy.node import DEFAULT_RUNTIME_PORT
 from fedmed.deploy.processes import sigterm_interrupts
+from fedmed.deploy.registry import REGISTRY_FILE
 from fedmed.deploy.supernode_entry import DEFAULT_POLL_SECONDS
 from fedmed.errors import FedmedError
 from fedmed.outputs import format_epsilon
@@ -105,7 +106,8 @@ def cmd_coordinator_start(args: argparse.Namespace) -> int:
     kit = load_coordinator_kit(args.kit)
     state = _coordinator_state(args, kit.federation)
     with sigterm_interrupts():
-        coordinator = Coordinator(kit, state, args.listen, echo=_echo(args.quiet))
+        coordinator = Coordinator(kit, state, args.listen, echo=_echo(args.quiet),
+                                  memory_state=args.memory_state)
         try:
             reconciled = coordinator.start()
             assert coordinator.process is not None
@@ -197,7 +199,8 @@ def coordinator_home(args: argparse.Namespace) -> Path:
     from fedmed.deploy.coordinator import CoordinatorLayout
 
     layout = CoordinatorLayout(home)
-    if not (layout.flwr_home / "config.toml").is_file() or not layout.database.exists():
+    started = layout.database.exists() or (home / REGISTRY_FILE).is_file()  # memory state: no db
+    if not (layout.flwr_home / "config.toml").is_file() or not started:
         raise DeployError(
             f"{home} is not a coordinator's state folder (no flwr/config.toml and superlink.db "
             "written by fedmed coordinator start); pass --home DIR, the coordinator's --state"
@@ -452,6 +455,12 @@ def _register_coordinator(subparsers: argparse._SubParsersAction) -> None:
     for sub in (start, register_nodes):
         _add_coordinator_kit_options(sub)
     start.add_argument("--quiet", action="store_true", help="log to the state folder only")
+    start.add_argument(
+        "--memory-state", action="store_true",
+        help="keep the SuperLink's state in memory, not in <state>/superlink.db: deployed "
+        "rounds run about twice as fast; a restart forgets node registrations, so nodes "
+        "must be restarted with it (docs/operator-guide.md § 10)",
+    )  # fmt: skip
     start.set_defaults(func=cmd_coordinator_start)
     register_nodes.set_defaults(func=cmd_coordinator_register)
 

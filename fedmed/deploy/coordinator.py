@@ -10,6 +10,14 @@ What ``fedmed coordinator start`` runs, and why each flag:
 - ``--disable-runtime-dependency-installation``: Flower would otherwise ``uv sync``
   each submitted app's dependencies (measured: a 5.6 GB CUDA torch).
 - ``--database <state>/superlink.db``: runs and registered nodes survive a restart.
+  With ``memory_state`` (``fedmed coordinator start --memory-state``) the SuperLink keeps
+  its state in memory instead (Flower's ``:flwr-in-memory:``, its own default): measured
+  (docs/operator-guide.md § 10), Flower's SQL link state is most of what a deployed round
+  still costs — every node pull, object push and reply passes through SQLAlchemy on
+  SQLite. The price: a restart forgets the node registrations and their ids, so the start
+  registers every kit key afresh (``registered.json`` is reset) and running nodes must be
+  restarted to connect under their new ids; fedmed's own run directories, checkpoints,
+  audit logs and the sites' ledgers are files either way.
 
 The SuperLink runs with ``FEDMED_STATE=<state>`` and ``<state>`` as its working
 directory, and its ServerApp processes inherit both: run directories land in
@@ -35,7 +43,7 @@ from fedmed.deploy.flwr_cli import Connection
 from fedmed.deploy.kit import CoordinatorKit
 from fedmed.deploy.pki import split_address
 from fedmed.deploy.processes import ChildProcess, flower_command, port_free, service_env
-from fedmed.deploy.registry import Reconciled, reconcile
+from fedmed.deploy.registry import REGISTRY_FILE, Reconciled, reconcile
 from fedmed.deploy.runs import HOME_DIR, RunState, reconcile_runs
 
 READY = r"Uvicorn running on https?://"
@@ -46,6 +54,8 @@ FAILURES = {
     r"Application startup failed": "exit",
 }
 START_TIMEOUT = 90.0
+# Flower's name for a SuperLink state kept in memory (flwr.supercore.constant).
+IN_MEMORY_DATABASE = ":flwr-in-memory:"
 
 
 @dataclass(frozen=True)
@@ -130,9 +140,11 @@ class Coordinator:
         state: Path,
         listen: str | None = None,
         echo: Callable[[str], None] | None = None,
+        memory_state: bool = False,
     ) -> None:
         self.kit = kit
         self.layout = CoordinatorLayout(Path(state).resolve())
+        self.memory_state = memory_state
         self.host, self.port = listen_address(kit, listen)
         self.echo = echo
         self.process: ChildProcess | None = None
@@ -144,6 +156,8 @@ class Coordinator:
     def _prepare_state(self) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.layout.runs.mkdir(exist_ok=True)
+        if self.memory_state:  # a fresh SuperLink knows no key: register them all again
+            (self.layout.root / REGISTRY_FILE).unlink(missing_ok=True)
         seed_coordinator_keys(self.kit, self.layout.audit_keys)
         self.connection.write()
 
@@ -155,7 +169,7 @@ class Coordinator:
             "--ssl-keyfile", str(self.kit.key),
             "--enable-supernode-auth",
             "--disable-runtime-dependency-installation",
-            "--database", str(self.layout.database),
+            "--database", IN_MEMORY_DATABASE if self.memory_state else str(self.layout.database),
             "--host", self.host,
             "--port", str(self.port),
         ]  # fmt: skip

@@ -32,8 +32,10 @@ class LoopbackFederation:
         sites: Sequence[str],
         data_dir: Path,
         echo: Callable[[str], None] | None = None,
+        memory_state: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.memory_state = memory_state  # the coordinator's (Coordinator's docstring)
         self.federation = federation
         self.sites = list(sites)
         self.data_dir = Path(data_dir)
@@ -58,7 +60,8 @@ class LoopbackFederation:
 
     def start_coordinator(self) -> Coordinator:
         self.coordinator = Coordinator(
-            load_coordinator_kit(self.kits), self.root / "coordinator", echo=self.echo
+            load_coordinator_kit(self.kits), self.root / "coordinator", echo=self.echo,
+            memory_state=self.memory_state,
         )
         self.coordinator.start()
         return self.coordinator
