@@ -45,6 +45,7 @@ def test_heart_federation_writes_a_complete_run_directory(
     log = (out / "simulation.log").read_text(encoding="utf-8")
     assert log.count("No fit_metrics_aggregation_fn provided") == 1, log
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["strategy"] == strategy and metrics["config"]["strategy"] == strategy
     assert [r["round"] for r in metrics["rounds"]] == list(range(1, rounds + 1))
     stamps = [r["aggregated_at"] for r in metrics["rounds"]]  # read by the benchmarks
     assert len(stamps) == rounds and stamps == sorted(stamps)
@@ -52,6 +53,8 @@ def test_heart_federation_writes_a_complete_run_directory(
     for site in SITES:
         assert set(metrics["final"]["per_site"][site]) >= {"accuracy", "auc"}
         assert metrics["rounds"][-1]["fit"][site]["num-examples"] > 0
+        assert metrics["privacy"][site]["rounds_joined"] == rounds
+        assert metrics["rounds"][-1]["fit"][site]["refused"] == 0
     mean = metrics["final"]["mean"]["accuracy"]
     per_site = [metrics["final"]["per_site"][s]["accuracy"] for s in SITES]
     assert mean == pytest.approx(sum(per_site) / len(per_site))
@@ -73,8 +76,12 @@ def test_heart_federation_writes_a_complete_run_directory(
     assert not list(out.rglob("*shap*"))  # the pictures show patients: never in the run dir
     # The final model is the last round's checkpoint, and it loads into the pack's model.
     pack = get_task("heart")
+    torch.manual_seed(0)  # the coordinator's initial model (seed 0 in examples/heart)
+    initial = [v.numpy().copy() for v in pack.build_model().state_dict().values()]
     model = pack.build_model()
     model.load_state_dict(torch.load(out / "model.pt"))
+    trained = [v.numpy() for v in model.state_dict().values()]
+    assert not all(np.allclose(a, b) for a, b in zip(initial, trained, strict=True))  # it moved
     last = load_checkpoint(out / "checkpoints" / f"round-{rounds:04d}.npz")
     assert all(
         np.allclose(a, b.numpy()) for a, b in zip(last, model.state_dict().values(), strict=True)
