@@ -52,14 +52,14 @@ LOW_CUT_HZ, HIGH_CUT_HZ = 5.0, 20.0
 ENVELOPE_SAMPLES = 9
 # Autocorrelation lags kept (samples at 100 Hz) and how many neighbours each value averages.
 FIRST_LAG, LAG_SPAN, LAG_AVERAGE = 20, 200, 4
-QRS_BAND = 1
+BANDS, QRS_BAND = 3, 1
 # Scales that bring the log-ratio features to about the range of the autocorrelation (±1).
 SHARE_SCALE, PEAK_SCALE = 4.0, 2.0
 EPSILON = 1e-6
 
 
 def band_filters(rate: float = COMMON_RATE) -> torch.Tensor:
-    """The three FIR kernels (3 × 1 × TAPS): below 5 Hz, 5–20 Hz, above 20 Hz."""
+    """The BANDS FIR kernels (BANDS × 1 × TAPS): below 5 Hz, 5–20 Hz, above 20 Hz."""
     kernels = (
         firwin(TAPS, LOW_CUT_HZ, fs=rate),
         firwin(TAPS, [LOW_CUT_HZ, HIGH_CUT_HZ], pass_zero=False, fs=rate),
@@ -69,7 +69,7 @@ def band_filters(rate: float = COMMON_RATE) -> torch.Tensor:
 
 
 class BandEnvelopes(nn.Module):
-    """(batch, 1, samples) window → (batch, 3, samples) energy envelope of each band."""
+    """(batch, 1, samples) window → (batch, BANDS, samples) energy envelope of each band."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,7 +111,7 @@ class RhythmFeatures(nn.Module):
         return torch.cat([rhythm, shares, peaks], dim=1)
 
 
-FEATURES = LAG_SPAN // LAG_AVERAGE + 2 * 3
+FEATURES = LAG_SPAN // LAG_AVERAGE + 2 * BANDS  # rhythm, then a share and a peak per band
 
 
 class EcgRhythmNet(nn.Module):
