@@ -65,6 +65,9 @@ class FederationConfig:
     # Evaluate at the sites every N rounds and always after the last; 0: after the last only.
     # In deployment each evaluation is one more ClientApp process per site.
     evaluate_every: int = 1
+    # Each site explains the final model into its own home at the last evaluation; false:
+    # no explanations (a study's throwaway federations, a run that only trains).
+    explain: bool = True
     min_nodes: int = 2
     # Seconds a plain round's train or evaluate exchange waits for replies; 0 = until every
     # node replied or Flower declared it unavailable (a node that is up but never replies

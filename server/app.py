@@ -295,6 +295,7 @@ def recording_strategy(
         secure=config.secagg,
         participation=resumed.participation() if resumed is not None else None,
         evaluate_every=config.evaluate_every,
+        explain=config.explain,
         witness=witness_record(config),
         identities=node_identities(config),
     )

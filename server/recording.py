@@ -147,6 +147,7 @@ class RecordingStrategy(Strategy):
         evaluate_every: int = 1,
         witness: WitnessRecord | None = None,
         identities: NodeIdentities | None = None,
+        explain: bool = True,
     ) -> None:
         self.inner = inner
         self.run_dir = run_dir
@@ -157,6 +158,7 @@ class RecordingStrategy(Strategy):
         self.max_update_norm = max_update_norm
         self.secure = secure
         self.evaluate_every = evaluate_every
+        self.explain = explain  # ask the sites for explanations at the last evaluation
         self.witness = witness
         self.identities = identities
         self.latest_weights: list[np.ndarray] | None = None
@@ -436,7 +438,7 @@ class RecordingStrategy(Strategy):
             "run-id": str(self.run_dir.document.get("run-id", "")),
             "server-round": server_round,
             "num-rounds": self.num_rounds,
-            explanations.FINAL_ROUND: server_round == self.num_rounds,
+            explanations.FINAL_ROUND: server_round == self.num_rounds and self.explain,
         }
         instructions = [
             (proxy, EvaluateIns(ins.parameters, {**ins.config, **run_facts}))
@@ -463,7 +465,7 @@ class RecordingStrategy(Strategy):
             site = self._site(proxy, res.metrics)
             skipped = {"site", *explanations.REPLY_KEYS}
             per_site[site] = {k: float(v) for k, v in res.metrics.items() if k not in skipped}
-            if server_round == self.num_rounds:
+            if server_round == self.num_rounds and self.explain:
                 self._record_explanations(server_round, site, res.metrics)
         for reason in _describe_failures(failures):
             self.run_dir.record_event(server_round, {"kind": "evaluate-failure", "detail": reason})

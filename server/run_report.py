@@ -132,6 +132,8 @@ def _explanations(
     if not explanation_kind:
         return [*lines, f"The `{document.get('task')}` task has no explainer; none were made.",
                 ""]
+    if document.get("config", {}).get("explain") is False:
+        return [*lines, "This run set `explain = false`: the sites made none.", ""]
     lines += [
         f"{explanation_kind[0].upper()}{explanation_kind[1:]}, made by each site on a few of its "
         "own test examples at the last evaluation. They show patient data, so each site wrote "

@@ -103,13 +103,21 @@ SPINE_STRATEGIES = ("fedavg", "fedadam")
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("strategy", [s for s in FLOWER_CLASSES if s not in SPINE_STRATEGIES])
 def test_a_short_federation_runs_under_each_other_strategy(
-    repo: Path, tmp_path: Path, strategy: str
+    repo: Path, tmp_path: Path, isolated_state: Path, strategy: str
 ) -> None:
     out = tmp_path / "run"
-    args = ["run", str(repo / "examples" / "heart"), "--rounds", "2",
-            "--strategy", strategy, "--out", str(out)]  # fmt: skip
+    args = ["run", str(repo / "examples" / "heart"), "--rounds", "2", "--strategy", strategy,
+            "--set", "explain=false", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    # explain = false: no site was asked for explanations, none is missing, the report says so
+    assert metrics["config"]["explain"] is False and "explanations" not in metrics
+    assert not [e for r in metrics["rounds"] for e in r.get("events", [])
+                if e.get("kind") == "explanation-failure"]
+    assert "This run set `explain = false`: the sites made none." in (
+        out / "report.md").read_text()
+    homes = isolated_state / "sites" / "heart"
+    assert homes.is_dir() and not list(homes.rglob("shap-*.png"))
     assert metrics["strategy"] == strategy and metrics["config"]["strategy"] == strategy
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
     # Every site trained in both rounds (the trimmed mean and the median see all four).
