@@ -44,7 +44,7 @@ def test_fedavg_with_and_without_secagg_agree(repo: Path, tmp_path: Path) -> Non
         args = [
             "run", str(repo / "examples" / "heart"), "--rounds", "1", "--out", str(out),
             "--sites-home", str(homes), "--set", "dp=false",
-            "--set", f"sites={SITES}", "--set", f"secagg={secagg}",
+            "--set", f"sites={SITES}", "--set", f"secagg={secagg}", "--set", "explain=false",
         ]  # fmt: skip
         assert main(args) == 0
         runs[secagg] = _final_weights(out)

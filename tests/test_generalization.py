@@ -87,7 +87,7 @@ def test_study_command_runs_real_federations_without_touching_real_homes(
     args = [
         "generalization", str(repo / "examples" / "heart"), "--seeds", "1",
         "--strategies", "fedavg", "--no-leave-one-out", "--rounds", "2",
-        "--set", "sites=cleveland,hungary", "--out", str(out),
+        "--set", "sites=cleveland,hungary", "--set", "explain=false", "--out", str(out),
     ]  # fmt: skip
     assert main(args) == 0
     raw = json.loads((out / "generalization.json").read_text())
@@ -137,7 +137,7 @@ def test_leave_one_site_out_scores_each_held_out_site_with_models_that_never_saw
     args = [
         "generalization", str(repo / "examples" / "heart"), "--seeds", "1",
         "--strategies", "fedavg", "--fine-tune-epochs", "0", "--rounds", "1",
-        "--set", f"sites={','.join(sites)}", "--out", str(out),
+        "--set", f"sites={','.join(sites)}", "--set", "explain=false", "--out", str(out),
     ]  # fmt: skip
     assert main(args) == 0
     raw = json.loads((out / "generalization.json").read_text())

@@ -79,7 +79,7 @@ def test_local_norm_federation_keeps_each_sites_norms(repo: Path, tmp_path: Path
     args = [
         "run", str(repo / "examples" / "imaging-cls"), "--rounds", "2",
         "--sites-home", str(homes), "--out", str(out),
-        "--set", "sites=" + ",".join(SITES), "--set", "local-norm=true",
+        "--set", "sites=" + ",".join(SITES), "--set", "local-norm=true", "--set", "explain=false",
     ]  # fmt: skip
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())

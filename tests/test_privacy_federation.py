@@ -29,7 +29,7 @@ def demo(out: Path, sites_home: Path, *extra: str) -> tuple[int, str, dict]:
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):
         code = main(["demo", "--rounds", "2", "--epsilon", "0.5", "--sites-home", str(sites_home),
-                     "--out", str(out), *extra])
+                     "--out", str(out), "--set", "explain=false", *extra])
     metrics = json.loads((out / "metrics.json").read_text())
     return code, stdout.getvalue() + stderr.getvalue(), metrics
 

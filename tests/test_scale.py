@@ -60,7 +60,7 @@ def sampled_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "run", str(Path(__file__).resolve().parents[1] / "examples" / "rhdnase"),
             "--rounds", "2", "--sites-home", str(sites_home), "--out", str(out),
             "--set", f"sites={','.join(SITES)}", "--set", "fraction-train=0.5",
-            "--set", "evaluate-every=0",
+            "--set", "evaluate-every=0", "--set", "explain=false",
         ])  # fmt: skip
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))

@@ -26,7 +26,7 @@ def test_every_site_failing_exits_non_zero_with_one_line_per_site(
     output = io.StringIO()
     with redirect_stdout(output), redirect_stderr(output):
         code = main(["run", str(repo / "examples" / "heart"), "--rounds", "1",
-                     "--set", "lr=1e39", "--sites-home", str(homes),
+                     "--set", "lr=1e39", "--set", "explain=false", "--sites-home", str(homes),
                      "--out", str(tmp_path / "run")])  # fmt: skip
     text = output.getvalue()
     assert code == 2, text

@@ -138,7 +138,7 @@ def run_heart(out: Path, rounds: int) -> tuple[int, dict]:
     with redirect_stdout(stdout), redirect_stderr(stdout):
         code = main([
             "run", "examples/heart", "--rounds", str(rounds), "--out", str(out),
-            "--set", "sites=cleveland,hungary,switzerland",
+            "--set", "sites=cleveland,hungary,switzerland", "--set", "explain=false",
         ])  # fmt: skip
     return code, json.loads((out / "metrics.json").read_text())
 
