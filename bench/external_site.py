@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -36,9 +36,14 @@ def dp_accuracy():  # noqa: ANN201 - the sibling bench script, loaded as a modul
     return module
 
 
+Detail = Callable[[torch.nn.Module, ConcatDataset], str]
+
+
 def compare(tasks: Sequence[str], size: int, epsilons: Sequence[float], seed: int,
-            data_dir: Path, site: str, metrics: tuple[str, str]) -> None:
-    """Print one row per pack and ε: ``metrics`` on the built-in tests and on ``site``."""
+            data_dir: Path, site: str, metrics: tuple[str, str],
+            detail: Detail | None = None) -> None:
+    """Print one row per pack and ε: ``metrics`` on the built-in tests and on ``site``;
+    ``detail`` (the model, the outside examples → one line) is printed under each row."""
     torch.set_num_threads(1)
     bench = dp_accuracy()
     print(f"{' / '.join(metrics)} of the final global model (FedAvg, {size} training examples "
@@ -56,27 +61,33 @@ def compare(tasks: Sequence[str], size: int, epsilons: Sequence[float], seed: in
         torch.manual_seed(seed)  # as the coordinator's initial model
         untrained = get_weights(external.pack.build_model())
         _row(task, "untrained", [s.evaluate(untrained) for s in sites],
-             _score(external, examples, untrained), "the initial global model", metrics)
+             _score(external, examples, untrained, detail), "the initial global model", metrics)
         for epsilon in epsilons:
             config = bench.point_config(settings, size, epsilon, seed)
             with tempfile.TemporaryDirectory(prefix="external-") as homes:
                 clients, weights = bench.federate(config, Path(homes))
             _row(task, "inf" if math.isinf(epsilon) else f"{epsilon:g}",
                  [c.site.evaluate(weights) for c in clients],
-                 _score(external, examples, weights), bench.training(config), metrics)
+                 _score(external, examples, weights, detail), bench.training(config), metrics)
 
 
-def _score(external: HospitalSite, examples: ConcatDataset, weights: list) -> dict[str, float]:
-    """The pack's metrics of ``weights`` on every external example."""
+def _score(external: HospitalSite, examples: ConcatDataset, weights: list,
+           detail: Detail | None) -> tuple[dict[str, float], str]:
+    """The pack's metrics of ``weights`` on every external example, and ``detail``'s line."""
     model = external.pack.build_model()
     set_weights(model, weights)
-    return external.pack.evaluate(model, examples, torch.device("cpu"))
+    scores = external.pack.evaluate(model, examples, torch.device("cpu"))
+    return scores, detail(model, examples) if detail else ""
 
 
-def _row(task: str, label: str, own: list[dict[str, float]], outside: dict[str, float],
-         training: str, metrics: tuple[str, str]) -> None:
-    """One line of the table: built-in means over sites, then the external site."""
+def _row(task: str, label: str, own: list[dict[str, float]],
+         outside: tuple[dict[str, float], str], training: str, metrics: tuple[str, str]) -> None:
+    """One line of the table: built-in means over sites, then the external site (and the
+    detail line under it, when there is one)."""
     first, second = metrics
     built_in = {m: sum(s[m] for s in own) / len(own) for m in metrics}
+    scores, detail = outside
     print(f"{task:14} {label:>9} | {built_in[first]:.3f} / {built_in[second]:.3f}"
-          f" | {outside[first]:.3f} / {outside[second]:.3f} | {training}", flush=True)
+          f" | {scores[first]:.3f} / {scores[second]:.3f} | {training}", flush=True)
+    if detail:
+        print(f"{'':24} {detail}", flush=True)
