@@ -160,7 +160,9 @@ def open_run(
             "config": config.to_run_config(),
         }
         return RunDirectory(root, header=header), None
-    if point.document.get("config") != config.to_run_config():
+    # A setting added after the run started (absent from its record) counts at its default.
+    recorded = {**FederationConfig().to_run_config(), **point.document.get("config", {})}
+    if recorded != config.to_run_config():
         raise ConfigError(
             f"{root} holds run {point.run_id} with other settings; resume it with the same "
             "settings or choose another run directory"

@@ -1,16 +1,23 @@
-"""Resume bookkeeping (fedmed.server.resume): where a stopped run stands, round numbering."""
+"""Resume bookkeeping (fedmed.server.resume): where a stopped run stands, round numbering,
+which recorded settings a resumed run must match."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.common import ndarrays_to_parameters
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.strategy import FedAvg
 
+from fedmed.config import FederationConfig
+from fedmed.errors import ConfigError
 from fedmed.outputs import RunDirectory
+from fedmed.server.app import open_run
 from fedmed.server.resume import RoundOffset, find_resume_point
+from fedmed.tasks import get_task
 
 
 def _weights(value: float) -> list[np.ndarray]:
@@ -62,3 +69,18 @@ def test_round_offset_renumbers_the_workflows_rounds() -> None:
     shifted.evaluate(1, ndarrays_to_parameters(_weights(1)))
     shifted.aggregate_fit(2, [], [])
     assert inner.rounds == [5, 6]
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_at_its_default(tmp_path: Path) -> None:
+    """A setting added after the run started (here ``explain``) counts at its default; a
+    setting that really differs is still refused."""
+    config = FederationConfig(task="heart", num_server_rounds=3)
+    recorded = {k: v for k, v in config.to_run_config().items() if k != "explain"}
+    run_dir = RunDirectory(tmp_path / "run", {"run-id": "r-1", "config": recorded})
+    run_dir.record_fit(1, {"a": {"num-examples": 5}})
+    run_dir.save_checkpoint(1, _weights(1))
+    pack = get_task("heart")
+    _, point = open_run(tmp_path / "run", config, ["a"], pack)
+    assert point is not None and point.run_id == "r-1" and point.round == 1
+    with pytest.raises(ConfigError, match="other settings"):
+        open_run(tmp_path / "run", dataclasses.replace(config, explain=False), ["a"], pack)
