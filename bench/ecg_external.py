@@ -32,7 +32,6 @@ The loop (training, the untrained first row, scoring) is ``bench/external_site.p
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import neurokit2 as nk
 import numpy as np
 import pandas as pd
 import torch
-from external_site import REPO, compare
+from external_site import REPO, compare_from, parser
 from torch.utils.data import Dataset
 
 from fedmed.data.ecg_readers import LABELS_FILE
@@ -140,17 +139,12 @@ def recall_per_class(model: torch.nn.Module, recordings: Dataset) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default="ecg,ecg-rhythm")
-    parser.add_argument("--size", type=int, default=1000, help="training windows per site")
-    parser.add_argument("--epsilons", default="1,inf")
-    parser.add_argument("--per-class", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO / ".fedmed" / "bench" / "ecg-external")
-    args = parser.parse_args(argv)
+    options = parser(__doc__.split("\n\n")[0], "ecg,ecg-rhythm", "windows")
+    options.add_argument("--per-class", type=int, default=40)
+    options.add_argument("--out", type=Path, default=REPO / ".fedmed" / "bench" / "ecg-external")
+    args = options.parse_args(argv)
     folder = write_site(args.out, args.per_class, args.seed)
-    compare(args.tasks.split(","), args.size, [float(e) for e in args.epsilons.split(",")],
-            args.seed, folder, SITE, ("accuracy", "macro_f1"), recall_per_class)
+    compare_from(args, folder, SITE, ("accuracy", "macro_f1"), recall_per_class)
     return 0
 
 

@@ -12,6 +12,7 @@ the initial global model, untrained.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import math
 import tempfile
@@ -37,6 +38,24 @@ def dp_accuracy():  # noqa: ANN201 - the sibling bench script, loaded as a modul
 
 
 Detail = Callable[[torch.nn.Module, ConcatDataset], str]
+
+
+def parser(description: str, tasks: str, unit: str) -> argparse.ArgumentParser:
+    """The options every outside-site bench takes: ``--tasks`` (default ``tasks``), ``--size``
+    (training ``unit`` per built-in site), ``--epsilons`` and ``--seed``."""
+    options = argparse.ArgumentParser(description=description)
+    options.add_argument("--tasks", default=tasks)
+    options.add_argument("--size", type=int, default=1000, help=f"training {unit} per site")
+    options.add_argument("--epsilons", default="1,inf")
+    options.add_argument("--seed", type=int, default=0)
+    return options
+
+
+def compare_from(args: argparse.Namespace, data_dir: Path, site: str,
+                 metrics: tuple[str, str], detail: Detail | None = None) -> None:
+    """:func:`compare` with the options of :func:`parser`."""
+    compare(args.tasks.split(","), args.size, [float(e) for e in args.epsilons.split(",")],
+            args.seed, data_dir, site, metrics, detail)
 
 
 def compare(tasks: Sequence[str], size: int, epsilons: Sequence[float], seed: int,

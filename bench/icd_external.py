@@ -21,26 +21,20 @@ external notes pass a de-identification gate of their own first, like any site's
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from external_site import REPO, compare
+from external_site import REPO, compare_from, parser
 
 DATA = REPO / "bench" / "data" / "icd-external"
 SITE = "external"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default="icd,icd-sentences")
-    parser.add_argument("--size", type=int, default=1000, help="training notes per site")
-    parser.add_argument("--epsilons", default="1,inf")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", type=Path, default=DATA)
-    args = parser.parse_args(argv)
-    compare(args.tasks.split(","), args.size, [float(e) for e in args.epsilons.split(",")],
-            args.seed, args.data, SITE, ("micro_f1", "macro_f1"))
+    options = parser(__doc__.split("\n\n")[0], "icd,icd-sentences", "notes")
+    options.add_argument("--data", type=Path, default=DATA)
+    args = options.parse_args(argv)
+    compare_from(args, args.data, SITE, ("micro_f1", "macro_f1"))
     return 0
 
 
