@@ -48,3 +48,5 @@ def test_each_class_is_measured_as_itself_and_the_folder_reads(tmp_path: Path) -
     site = get_task("ecg").load_site(bench.SITE, folder, 0)
     labels = np.concatenate([site.train.tensors[1].numpy(), site.test.tensors[1].numpy()])
     assert sorted(labels.tolist()) == sorted(list(range(len(CLASS_NAMES))) * 4)
+    rhythm = get_task("ecg-rhythm").load_site(bench.SITE, folder, 0)  # the same export reader
+    assert rhythm.fingerprint == site.fingerprint

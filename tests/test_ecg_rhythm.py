@@ -16,7 +16,7 @@ from opacus.validators import ModuleValidator
 from fedmed.data.ecg_readers import COMMON_RATE, WINDOW_SAMPLES
 from fedmed.dp_recipes import RECIPES
 from fedmed.tasks import get_task
-from fedmed.tasks.ecg import EcgTask
+from fedmed.tasks.ecg import EcgTask, predict_windows
 from fedmed.tasks.ecg_rhythm import (
     FEATURES,
     FIRST_LAG,
@@ -60,6 +60,9 @@ def test_the_front_end_trains_nothing_and_only_a_small_head_learns() -> None:
     assert sum(p.numel() for p in model.parameters()) == (FEATURES + 1) * 5 == 285
     assert ModuleValidator.validate(model, strict=True) == []
     assert model(torch.randn(3, 1, WINDOW_SAMPLES)).shape == (3, 5)
+    probabilities = predict_windows(model, np.random.default_rng(0).standard_normal(
+        (2, WINDOW_SAMPLES)))  # deployment's inference path takes raw windows too
+    assert probabilities.shape == (2, 5) and np.allclose(probabilities.sum(axis=1), 1.0)
     assert "ecg-rhythm" in RECIPES and pack.default_lr == 2.0
 
 

@@ -203,7 +203,8 @@ def coordinator_home(args: argparse.Namespace) -> Path:
     if not (layout.flwr_home / "config.toml").is_file() or not started:
         raise DeployError(
             f"{home} is not a coordinator's state folder (no flwr/config.toml and superlink.db "
-            "written by fedmed coordinator start); pass --home DIR, the coordinator's --state"
+            f"or {REGISTRY_FILE} written by fedmed coordinator start); pass --home DIR, the "
+            "coordinator's --state"
         )
     return home
 
