@@ -40,6 +40,10 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from fedmed.errors import ConfigError
+from fedmed.privacy import (
+    conv_transpose_grad,  # noqa: F401 - registers its rule with Opacus
+    ew_conv_fix,
+)
 from fedmed.privacy.accounting import compact
 
 GRAD_SAMPLE_MODES = ("auto", "ew", "hooks", "functorch", "ghost")
@@ -56,6 +60,9 @@ warnings.filterwarnings(
     category=UserWarning,
 )
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Before any ``ew`` backward pass in this process: see the module (DenseNet, CAML under ew).
+ew_conv_fix.install()
 
 
 def poisson_schedule(dataset_size: int, batch_size: int) -> tuple[float, int]:
