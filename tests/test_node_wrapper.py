@@ -153,6 +153,22 @@ def test_a_worker_that_exits_is_started_again(capfd: pytest.CaptureFixture[str])
     assert "fedmed warm worker exited with code 3" in capfd.readouterr().err
 
 
+def test_a_worker_that_exits_cleanly_is_not_started_again(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Exit code 0 is the worker's answer to SIGTERM/SIGINT (``warm_worker.main``): the node
+    is stopping, and a fresh worker would only import torch for nothing."""
+    starts: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        starts.append(subprocess.Popen([sys.executable, "-c", "raise SystemExit(0)"]))
+        return starts[-1]
+
+    supernode_entry.keep_worker_running(start, threading.Event(), pause=0.01)
+    assert len(starts) == 1
+    assert "stopped on request" in capfd.readouterr().err
+
+
 class ObjectsNeverCome:
     """A task's Runtime API whose message object is registered but never available."""
 

@@ -104,7 +104,7 @@ def start_worker(address: str, poll: float) -> subprocess.Popen[bytes]:
 def keep_worker_running(start: Callable[[], subprocess.Popen[bytes]],
                         stop: threading.Event | None = None,
                         pause: float = RESTART_PAUSE_SECONDS) -> None:
-    """Start the warm worker and start it again whenever it exits, until ``stop``.
+    """Start the warm worker and start it again whenever it fails, until ``stop``.
 
     Why: without its worker a SuperNode keeps answering heartbeats — so the coordinator
     sees the site as online — but runs no task, and every round waits on it for ever.
@@ -112,6 +112,11 @@ def keep_worker_running(start: Callable[[], subprocess.Popen[bytes]],
     such single point; this restores that property. The pause grows (doubling, to
     ``MAX_RESTART_PAUSE_SECONDS``) while the worker keeps dying within a few seconds of its
     start, so a worker that cannot start at all (a broken install) does not spin.
+
+    Exit code 0 is not a failure: the worker exits cleanly only when asked to stop (SIGTERM
+    or SIGINT — a service manager stopping the node signals every process of it — or its
+    SuperNode gone). Starting it again then only spent seconds of imports on a node that was
+    shutting down (seen in the node logs of ``make test-deploy``), so the watch ends.
     """
     stop = stop or threading.Event()
     wait = pause
@@ -123,6 +128,10 @@ def keep_worker_running(start: Callable[[], subprocess.Popen[bytes]],
                 worker.terminate()
                 return
         lived = time.monotonic() - started
+        if worker.returncode == 0:
+            print(f"fedmed warm worker stopped on request after {lived:.1f} s; the node is "
+                  "stopping", file=sys.stderr, flush=True)
+            return
         wait = pause if lived > STABLE_SECONDS else min(wait * 2, MAX_RESTART_PAUSE_SECONDS)
         print(f"fedmed warm worker exited with code {worker.returncode} after {lived:.1f} s; "
               f"starting it again in {wait:.1f} s", file=sys.stderr, flush=True)
