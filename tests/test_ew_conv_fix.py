@@ -7,6 +7,8 @@ CAML network (icd), and ``auto`` fell back to the slower ``hooks``.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from opacus.grad_sample.utils import wrap_model
@@ -56,16 +58,10 @@ def test_ew_gives_the_per_example_gradients_of_hooks_through_a_concatenation(bat
     torch.manual_seed(0)
     model = DenseLayer()
     inputs, targets = torch.randn(batch, 2, 6, 6), torch.rand(batch, 1)
-    hooks = per_example_gradients(_copy(model), "hooks", inputs, targets)
-    ew = per_example_gradients(_copy(model), "ew", inputs, targets)
+    hooks = per_example_gradients(copy.deepcopy(model), "hooks", inputs, targets)
+    ew = per_example_gradients(copy.deepcopy(model), "ew", inputs, targets)
     for expected, got in zip(hooks, ew, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    clone = DenseLayer()
-    clone.load_state_dict(model.state_dict())
-    return clone
 
 
 def test_auto_picks_ew_for_the_packs_it_used_to_fail_on() -> None:

@@ -29,13 +29,11 @@ _TARGET = "conv_group_weight_grad_sample"
 _MARK = "_fedmed_contiguous_grad_output"
 
 
-def install() -> bool:
-    """Wrap torch's grouped per-example conv gradient once; whether it is wrapped now."""
+def install() -> None:
+    """Wrap torch's grouped per-example conv gradient, once (a second call changes nothing)."""
     original: Callable[..., Any] | None = getattr(conv_utils, _TARGET, None)
-    if original is None:
-        return False
-    if getattr(original, _MARK, False):
-        return True
+    if original is None or getattr(original, _MARK, False):
+        return
 
     @functools.wraps(original)  # keeps torch's own function as ``__wrapped__``
     def with_contiguous_grad_output(inputs: Any, grad_output: Any, *rest: Any, **named: Any) -> Any:
@@ -43,4 +41,3 @@ def install() -> bool:
 
     setattr(with_contiguous_grad_output, _MARK, True)
     setattr(conv_utils, _TARGET, with_contiguous_grad_output)
-    return True
