@@ -85,7 +85,7 @@ def measure(task: str, max_examples: int, repeats: int, device: torch.device,
     settings = dataclasses.replace(one_epoch, local_epochs=epochs)
 
     def maker(mode: str, trained: TrainSettings, clip: float = 1.0) -> Callable[[], DPTrainer]:
-        rate, steps = poisson_schedule(len(data), trained.batch_size)
+        rate, steps = poisson_schedule(len(data), trained.batch_for(len(data)))
         return lambda: DPTrainer(1.0, rate, steps * epochs, clip, pack.loss,
                                  grad_sample_mode=mode, task=task)
 
@@ -101,9 +101,10 @@ def measure(task: str, max_examples: int, repeats: int, device: torch.device,
             NOTES.append(f"{task} {mode}: {str(exc).splitlines()[0][:90]}")
     recipe = RECIPES.get(task)
     if recipe is not None:
-        shipped = dataclasses.replace(settings, batch_size=int(recipe["batch-size"]),
-                                      lr=float(recipe["lr"]))
-        runners["recipe"] = (shipped, maker("auto", shipped, float(recipe["clip-norm"])))
+        shipped = dataclasses.replace(
+            settings, batch_size=int(recipe.get("batch-size", settings.batch_size)),
+            steps_per_epoch=int(recipe.get("steps-per-epoch", 0)), lr=float(recipe["lr"]))
+        runners["recipe"] = (shipped, maker("auto", shipped, float(recipe.get("clip-norm", 1.0))))
     times: dict[str, list[float]] = {name: [] for name in runners}
     used = "-"
     for _ in range(repeats):

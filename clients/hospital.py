@@ -65,6 +65,7 @@ def train_settings(fit_config: Mapping[str, Scalar]) -> TrainSettings:
         momentum=float(fit_config.get("momentum", 0.0)),
         proximal_mu=float(fit_config.get("proximal_mu", 0.0)),
         seed=int(fit_config.get("seed", 0)),
+        steps_per_epoch=int(fit_config.get("steps-per-epoch", 0)),
     )
 
 

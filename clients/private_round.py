@@ -222,8 +222,9 @@ def _decide(
     """The approval of this round, or the reason to refuse it (fail closed on any doubt)."""
     task = site.pack.name
     try:
+        examples = len(site.data.train)
         request = plan_release(
-            job.dp, task, len(site.data.train), job.settings.batch_size, job.settings.local_epochs
+            job.dp, task, examples, job.settings.batch_for(examples), job.settings.local_epochs
         )
         if request.noise_multiplier > 0:
             validate_model(site.pack.build_model(), task)

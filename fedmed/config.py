@@ -54,6 +54,9 @@ class FederationConfig:
     strategy: str = "fedavg"
     local_epochs: int | None = None
     batch_size: int | None = None
+    # Instead of batch-size: each site's batch is its training examples / this (at most this
+    # many steps an epoch at every site size; fedmed.training.loop.TrainSettings.batch_for).
+    steps_per_epoch: int | None = None
     lr: float | None = None
     momentum: float = 0.0
     proximal_mu: float = 0.01
@@ -140,7 +143,8 @@ class FederationConfig:
             values[key] = _coerce(raw_key, value, _OPTIONAL.get(key) or type(getattr(cls(), key)))
         config = cls(**values)
         config.validate()
-        recipe = recipe_overrides(str(config.task), config.dp, config.dp_recipe, run_config)
+        given = {_name(key): value for key, value in run_config.items()}  # either spelling
+        recipe = recipe_overrides(str(config.task), config.dp, config.dp_recipe, given)
         if recipe:
             config = replace(config, **{key.replace("-", "_"): value
                                         for key, value in recipe.items()})  # fmt: skip
@@ -193,7 +197,12 @@ class FederationConfig:
 
     def _validate_training(self) -> None:
         """Local training settings: what a site would train with, never a silent default."""
-        for name in ("local_epochs", "batch_size"):
+        if self.batch_size is not None and self.steps_per_epoch is not None:
+            raise ConfigError(
+                f"batch-size ({self.batch_size}) and steps-per-epoch ({self.steps_per_epoch}) "
+                "both set: give one (steps-per-epoch sets each site's batch from its size)"
+            )
+        for name in ("local_epochs", "batch_size", "steps_per_epoch"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(
@@ -307,7 +316,7 @@ class TaskRef(str):
 
 # Settings whose default is "absent" (None: the task pack's default), with their type.
 _OPTIONAL: dict[str, type] = {
-    "local_epochs": int, "batch_size": int, "lr": float,
+    "local_epochs": int, "batch_size": int, "steps_per_epoch": int, "lr": float,
     "backbone": str, "image_size": int, "fine_tune": str, "backbone_norm": str, "augment": str,
     "train_size": int,
 }  # fmt: skip

@@ -25,7 +25,9 @@ MEASURED, NONE = "measured", "none"
 CHOICES = (MEASURED, NONE)
 
 # The settings a recipe may set (federation spelling).
-RECIPE_SETTINGS = ("batch-size", "lr", "local-epochs", "momentum", "clip-norm")
+RECIPE_SETTINGS = ("batch-size", "steps-per-epoch", "lr", "local-epochs", "momentum", "clip-norm")
+# Two ways to set the batch: a recipe's one stands down when the run config gives either.
+BATCH_SETTINGS = ("batch-size", "steps-per-epoch")
 
 # task → its measured recipe. A pack missing here trains under DP with its plain defaults.
 RECIPES: dict[str, dict[str, float | int]] = {
@@ -49,7 +51,9 @@ def recipe_overrides(
     task: str, dp: bool, recipe: str, given: Mapping[str, object]
 ) -> dict[str, float | int]:
     """The recipe's settings for ``task`` that ``given`` (the run config's keys) leaves out;
-    empty with DP off or ``recipe == "none"``."""
+    empty with DP off or ``recipe == "none"``. A batch given either way (``batch-size`` or
+    ``steps-per-epoch``) keeps the recipe's batch out in both spellings."""
     if not dp or recipe != MEASURED:
         return {}
-    return {key: value for key, value in RECIPES.get(task, {}).items() if key not in given}
+    taken = set(given) | (set(BATCH_SETTINGS) if given.keys() & set(BATCH_SETTINGS) else set())
+    return {key: value for key, value in RECIPES.get(task, {}).items() if key not in taken}

@@ -93,6 +93,7 @@ def fit_config_fn(config: FederationConfig, pack: TaskPack, run_id: str = ""):  
             "server-round": server_round,
             "local-epochs": settings.local_epochs,
             "batch-size": settings.batch_size,
+            "steps-per-epoch": settings.steps_per_epoch,
             "lr": settings.lr,
             "momentum": settings.momentum,
             "local-norm": config.local_norm,

@@ -10,7 +10,7 @@ test split. Both get the same total number of local epochs as the federation
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,13 +55,7 @@ def train_model(
         pack,
         model,
         ConcatDataset(datasets),
-        TrainSettings(
-            local_epochs=epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            momentum=settings.momentum,
-            seed=settings.seed,
-        ),
+        replace(settings, local_epochs=epochs),
         pick_device(),
     )
     return model

@@ -114,6 +114,7 @@ def baseline_recipe(config: FederationConfig, pack: TaskPack) -> BaselineRecipe:
         batch_size=settings.batch_size,
         lr=settings.lr,
         momentum=settings.momentum,
+        steps_per_epoch=settings.steps_per_epoch,
     )
 
 

@@ -274,6 +274,7 @@ def audit_federation(
             "rounds": config.num_server_rounds,
             "local_epochs": settings.local_epochs,
             "batch_size": settings.batch_size,
+            "steps_per_epoch": settings.steps_per_epoch,
             "lr": settings.lr,
             "seed": config.seed,
         },

@@ -57,9 +57,13 @@ class BaselineRecipe:
     batch_size: int
     lr: float
     momentum: float
+    steps_per_epoch: int = 0  # TrainSettings.batch_for
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "sites": list(self.sites)}
+        recorded = {**asdict(self), "sites": list(self.sites)}
+        if not self.steps_per_epoch:  # as studies recorded before the setting existed
+            del recorded["steps_per_epoch"]
+        return recorded
 
     def settings(self, seed: int) -> TrainSettings:
         return TrainSettings(
@@ -68,6 +72,7 @@ class BaselineRecipe:
             lr=self.lr,
             momentum=self.momentum,
             seed=seed,
+            steps_per_epoch=self.steps_per_epoch,
         )
 
 

@@ -39,6 +39,9 @@ class TrainSettings:
     proximal_mu: float = 0.0
     momentum: float = 0.0
     seed: int = 0
+    # 0: every site trains in batches of ``batch_size``; N: each site's batch is its
+    # examples / N (:meth:`batch_for`): at most N steps an epoch, whatever the site's size.
+    steps_per_epoch: int = 0
 
     @classmethod
     def for_pack(cls, config: FederationConfig, pack: TaskPack, seed: int = 0) -> TrainSettings:
@@ -53,7 +56,23 @@ class TrainSettings:
             lr=_given(config.lr, pack.default_lr),
             momentum=config.momentum,
             seed=seed,
+            steps_per_epoch=config.steps_per_epoch or 0,
         )
+
+    def batch_for(self, examples: int) -> int:
+        """The batch a site with ``examples`` training examples trains with.
+
+        ``batch_size``, unless ``steps_per_epoch`` is set: then ceil(examples / steps), the
+        batch that splits this site's data into that many steps (fewer where rounding up
+        leaves the last ones empty). Why: DP-SGD adds its noise
+        once per step, so with one fixed batch a site with more data takes more noisy steps
+        and can end up worse than a small one (docs/privacy.md § deid-ner); a step count
+        keeps the noise per epoch alike at every site size. The training loop and the
+        privacy planning of a round both call this, so the ledger accounts the batch that ran.
+        """
+        if self.steps_per_epoch:
+            return max(1, math.ceil(examples / self.steps_per_epoch))
+        return self.batch_size
 
     def __post_init__(self) -> None:
         """Refuse settings no round can train with (a node reads them from the coordinator)."""
@@ -63,10 +82,12 @@ class TrainSettings:
                 f"training settings must be finite: lr {self.lr}, momentum {self.momentum}, "
                 f"proximal_mu {self.proximal_mu}"
             )
-        if self.local_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+        if (self.local_epochs < 0 or self.batch_size < 1 or self.lr <= 0
+                or self.steps_per_epoch < 0):
             raise ConfigError(
                 f"training settings out of range: local-epochs {self.local_epochs} (>= 0), "
-                f"batch-size {self.batch_size} (>= 1), lr {self.lr} (> 0)"
+                f"batch-size {self.batch_size} (>= 1), lr {self.lr} (> 0), "
+                f"steps-per-epoch {self.steps_per_epoch} (>= 0)"
             )
         if not 0 <= self.momentum < 1 or self.proximal_mu < 0:
             raise ConfigError(
@@ -126,7 +147,8 @@ def train_round(
     model.train()  # before any wrapper: Opacus's make_private rejects a model in eval mode
     anchor = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu else []
     generator = torch.Generator().manual_seed(settings.seed)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
+    batch = settings.batch_for(len(dataset))  # type: ignore[arg-type]
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=generator)
     optimizer: Optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum
     )
