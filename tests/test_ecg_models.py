@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from opacus.grad_sample import GradSampleModule
-from opacus.layers import DPLSTM
 from opacus.validators import ModuleValidator
 from torch.utils.data import Subset
 
 from fedmed.data.ecg_readers import WINDOW_SAMPLES
 from fedmed.data.ecg_synth import CLASS_NAMES, DENOISE_SAMPLES
 from fedmed.explain.ecg_saliency import EcgSaliency
+from fedmed.privacy.sequence_lstm import SequenceLSTM
 from fedmed.privacy.trainer import DPTrainer, poisson_schedule
 from fedmed.tasks import get_task, task_names
 from fedmed.tasks.ecg import EcgTask
@@ -34,7 +34,7 @@ def test_lstm_pack_is_the_ecg_task_with_another_model() -> None:
     ecg, lstm = get_task("ecg").load_site("leeds", None, 0), pack.load_site("leeds", None, 0)
     assert lstm.fingerprint == ecg.fingerprint  # same data, same splits
     model = pack.build_model()
-    assert isinstance(model, EcgCnnLstm) and isinstance(model.lstm, DPLSTM)
+    assert isinstance(model, EcgCnnLstm) and isinstance(model.lstm, SequenceLSTM)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 

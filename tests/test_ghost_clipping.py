@@ -17,6 +17,7 @@ from opacus.layers import DPLSTM
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedmed.privacy.sequence_lstm import SequenceLSTM
 from fedmed.privacy.trainer import DPTrainer, LossFn, poisson_schedule
 from fedmed.tasks import get_task
 from fedmed.training.loop import TrainSettings, train_round
@@ -35,6 +36,18 @@ class LastStep(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.lstm(inputs)[0][:, -1])
+
+
+class MeanOverTime(nn.Module):
+    """fedmed's SequenceLSTM over (batch, time, features); class scores from the mean output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = SequenceLSTM(3, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(inputs).mean(dim=1))
 
 
 class Transpose(nn.Module):
@@ -97,7 +110,13 @@ CASES: dict[str, tuple[Callable[[], nn.Module], torch.Tensor, torch.Tensor, Loss
         torch.randint(0, 2, (BATCH, 5)),
         binary,
     ),
-    "dplstm (ecg-lstm, deid-ner)": (
+    "sequence lstm (ecg-lstm)": (
+        MeanOverTime,
+        torch.randn(BATCH, 7, 3),
+        torch.randint(0, 3, (BATCH,)),
+        cross_entropy,
+    ),
+    "dplstm (deid-ner)": (
         LastStep,
         torch.randn(BATCH, 7, 3),
         torch.randint(0, 3, (BATCH,)),

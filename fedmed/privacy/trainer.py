@@ -45,6 +45,7 @@ from fedmed.privacy import (
     ew_conv_fix,
 )
 from fedmed.privacy.accounting import compact
+from fedmed.privacy.sequence_lstm import SequenceLSTM
 
 GRAD_SAMPLE_MODES = ("auto", "ew", "hooks", "functorch", "ghost")
 
@@ -100,10 +101,16 @@ def validate_model(model: nn.Module, task: str = "") -> None:
 
 
 _MODE_CACHE: dict[str, str] = {}
+# Layers with a per-example rule of fedmed's own, registered with Opacus's hooks: a model
+# holding one goes to ``hooks``, where the rule runs. Expanded weights would bypass it:
+# SequenceLSTM under ``ew`` adds a per-example gradient at every time step again (slower:
+# docs/privacy.md § DP overhead per task pack); ConvTranspose2d does not run under ``ew``.
+OWN_RULES: tuple[type[nn.Module], ...] = (SequenceLSTM, nn.ConvTranspose2d)
 
 
 def select_grad_sample_mode(model: nn.Module, dataset: Dataset, loss: LossFn, batch: int) -> str:
-    """``ew`` when it gives this model correct per-example gradients, else ``hooks``.
+    """``ew`` when it gives this model correct per-example gradients, else ``hooks``; always
+    ``hooks`` for a model with a layer of :data:`OWN_RULES`.
 
     Measured (``bench/dp_overhead.py``, docs/architecture.md § Measured pitfalls): PyTorch's
     expanded weights (``ew``) is as fast as Opacus's ``hooks`` or faster wherever it works,
@@ -114,6 +121,8 @@ def select_grad_sample_mode(model: nn.Module, dataset: Dataset, loss: LossFn, ba
     every process. Cached per architecture; the global RNG is left untouched.
     """
     signature = repr(model)
+    if signature not in _MODE_CACHE and any(isinstance(m, OWN_RULES) for m in model.modules()):
+        _MODE_CACHE[signature] = "hooks"
     if signature not in _MODE_CACHE:
         size = min(batch, len(dataset))  # type: ignore[arg-type]
         sizes = sorted({size, max(1, size - 1), max(1, size // 2 + 1), 1}, reverse=True)

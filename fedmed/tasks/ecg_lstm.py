@@ -13,10 +13,11 @@ from sinus rhythm; averaging the outputs over time (rather than keeping the last
 every step a direct gradient and keeps the beat-counting that the rate classes need.
 
 DP-SGD: ``torch.nn.LSTM`` has no per-sample gradients in Opacus, so the LSTM is
-:class:`opacus.layers.DPLSTM`, Opacus's drop-in LSTM built from linear cells that its hooks
-can differentiate per example. It is a plain ``nn.Module`` (the pack never runs Opacus), and
-normalisation is GroupNorm as in the CNN. Importing ``opacus.layers`` is the one Opacus
-import a pack makes: it provides a layer, not a training loop.
+:class:`fedmed.privacy.sequence_lstm.SequenceLSTM`: the same weights, outputs and state-dict
+names as Opacus's ``DPLSTM`` (the layer this pack used first), with a per-example gradient
+rule for the whole sequence instead of one per time step — DP-SGD's per-step accumulation
+was most of ``DPLSTM``'s cost here (docs/privacy.md § DP overhead per task pack). It is a
+plain ``nn.Module`` (the pack never runs Opacus); normalisation is GroupNorm as in the CNN.
 
 Explainer: the CNN pack's 1-D Grad-CAM, of the convolutional features the LSTM reads (their
 gradients pass through the recurrence).
@@ -25,11 +26,11 @@ gradients pass through the recurrence).
 from __future__ import annotations
 
 import torch
-from opacus.layers import DPLSTM
 from torch import nn
 
 from fedmed.data.ecg_synth import CLASS_NAMES
 from fedmed.explain.ecg_saliency import EcgSaliency
+from fedmed.privacy.sequence_lstm import SequenceLSTM
 from fedmed.tasks import register_task
 from fedmed.tasks.ecg import Block, EcgTask, conv_features, last_layer_name
 
@@ -46,12 +47,12 @@ class EcgCnnLstm(nn.Module):
     ) -> None:
         super().__init__()
         self.features = conv_features(LSTM_BLOCKS)
-        self.lstm = DPLSTM(LSTM_BLOCKS[-1][0], hidden, batch_first=True)
+        self.lstm = SequenceLSTM(LSTM_BLOCKS[-1][0], hidden)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         steps = self.features(windows).transpose(1, 2)  # (batch, time, channels)
-        outputs, _ = self.lstm(steps)
+        outputs = self.lstm(steps)
         return self.head(outputs.mean(dim=1))
 
 
