@@ -10,8 +10,8 @@ Contract with the coordinator (``fedmed.server.app``):
   home signs with another key, refuses. Its site home (policy, ledger, audit log, key) is
   ``site-home`` or, in simulation, ``fedmed.clients.site_home.default_site_home``.
 - ``fit`` receives the global weights and a config with ``run-id``,
-  ``server-round``, ``local-epochs``, ``batch-size``, ``steps-per-epoch`` (0: batch-size
-  applies), ``lr``, ``momentum``,
+  ``server-round``, ``local-epochs``, ``batch-size``, ``steps-per-epoch`` (0: no cap;
+  ``fedmed.training.loop.TrainSettings.batch_for``), ``lr``, ``momentum``,
   ``seed``, ``local-norm`` (keep normalisation layers at the site:
   ``fedmed.training.local_norms``), the job's DP request (``fedmed.privacy.job.DPJob`` keys: ``dp``,
   ``dp-epsilon``, ``dp-delta``, ``dp-noise-multiplier``, ``dp-clip-norm``,

@@ -54,8 +54,8 @@ class FederationConfig:
     strategy: str = "fedavg"
     local_epochs: int | None = None
     batch_size: int | None = None
-    # Instead of batch-size: each site's batch is its training examples / this (at most this
-    # many steps an epoch at every site size; fedmed.training.loop.TrainSettings.batch_for).
+    # At most this many steps an epoch: a site with more examples than batch-size × this
+    # trains in larger batches (fedmed.training.loop.TrainSettings.batch_for); None: no cap.
     steps_per_epoch: int | None = None
     lr: float | None = None
     momentum: float = 0.0
@@ -197,11 +197,6 @@ class FederationConfig:
 
     def _validate_training(self) -> None:
         """Local training settings: what a site would train with, never a silent default."""
-        if self.batch_size is not None and self.steps_per_epoch is not None:
-            raise ConfigError(
-                f"batch-size ({self.batch_size}) and steps-per-epoch ({self.steps_per_epoch}) "
-                "both set: give one (steps-per-epoch sets each site's batch from its size)"
-            )
         for name in ("local_epochs", "batch_size", "steps_per_epoch"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -21,18 +21,18 @@ from fedmed.training.loop import TrainSettings
 from tests.test_privacy_node import initial_weights
 
 
-@pytest.mark.parametrize(("examples", "batch"), [(137, 35), (64, 16), (1083, 271), (3, 1)])
-def test_a_sites_batch_splits_its_examples_into_at_most_n_steps(examples: int, batch: int) -> None:
+@pytest.mark.parametrize(("examples", "batch"), [(137, 35), (1083, 271), (64, 32), (3, 32)])
+def test_a_large_sites_batch_splits_its_examples_into_at_most_n_steps(
+    examples: int, batch: int
+) -> None:
     settings = TrainSettings(local_epochs=1, batch_size=32, lr=0.1, steps_per_epoch=4)
-    assert settings.batch_for(examples) == batch
+    assert settings.batch_for(examples) == batch  # never below batch-size, the floor
     assert poisson_schedule(examples, batch)[1] <= 4
     # Without the setting every site trains in the batch it was given.
     assert TrainSettings(local_epochs=1, batch_size=32, lr=0.1).batch_for(examples) == 32
 
 
-def test_steps_per_epoch_and_batch_size_are_one_or_the_other() -> None:
-    with pytest.raises(ConfigError, match="batch-size .32. and steps-per-epoch .4. both set"):
-        FederationConfig.from_run_config({"task": "heart", "batch-size": 32, "steps-per-epoch": 4})
+def test_a_steps_per_epoch_below_one_is_refused() -> None:
     with pytest.raises(ConfigError, match="steps-per-epoch must be >= 1, got 0"):
         FederationConfig.from_run_config({"task": "heart", "steps-per-epoch": 0})
     with pytest.raises(ConfigError, match="steps-per-epoch -1"):
@@ -55,15 +55,17 @@ def test_a_recipes_batch_stands_down_for_a_batch_given_either_way(
 
 def test_the_node_trains_and_accounts_the_batch_its_size_gives(tmp_path: Path) -> None:
     """Through the coordinator's instructions and ``HospitalClient.fit``: the ledger records
-    the sampling rate of ceil(n / steps) at this site, and Opacus ran exactly that."""
+    the sampling rate of ceil(n / steps) at this site (above the batch-size floor of 4), and
+    Opacus ran exactly that."""
     site = "switzerland"
     SiteHome.open(tmp_path / "home", site, "heart")
     client = HospitalClient(HospitalSite.open("heart", site, None, 0), tmp_path / "home")
     config = FederationConfig.from_run_config(
-        {"task": "heart", "num-server-rounds": 2, "steps-per-epoch": 3, "epsilon": 1.0}
+        {"task": "heart", "num-server-rounds": 2, "steps-per-epoch": 3, "batch-size": 4,
+         "epsilon": 1.0}
     )
     sent = fit_config_fn(config, get_task("heart"), "run-1")(1)
-    assert sent["steps-per-epoch"] == 3
+    assert (sent["steps-per-epoch"], sent["batch-size"]) == (3, 4)
     _, count, reply = client.fit(initial_weights(), sent)
     assert reply["refused"] == 0
     (release,) = Ledger.load(tmp_path / "home" / "ledger.json").releases

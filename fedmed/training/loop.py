@@ -39,8 +39,8 @@ class TrainSettings:
     proximal_mu: float = 0.0
     momentum: float = 0.0
     seed: int = 0
-    # 0: every site trains in batches of ``batch_size``; N: each site's batch is its
-    # examples / N (:meth:`batch_for`): at most N steps an epoch, whatever the site's size.
+    # 0: every site trains in batches of ``batch_size``; N: a site with more than N batches
+    # of that size takes larger ones, N an epoch (:meth:`batch_for`).
     steps_per_epoch: int = 0
 
     @classmethod
@@ -62,16 +62,17 @@ class TrainSettings:
     def batch_for(self, examples: int) -> int:
         """The batch a site with ``examples`` training examples trains with.
 
-        ``batch_size``, unless ``steps_per_epoch`` is set: then ceil(examples / steps), the
-        batch that splits this site's data into that many steps (fewer where rounding up
-        leaves the last ones empty). Why: DP-SGD adds its noise
-        once per step, so with one fixed batch a site with more data takes more noisy steps
-        and can end up worse than a small one (docs/privacy.md § deid-ner); a step count
-        keeps the noise per epoch alike at every site size. The training loop and the
-        privacy planning of a round both call this, so the ledger accounts the batch that ran.
+        ``batch_size``, unless ``steps_per_epoch`` is set and the site has more than that many
+        batches of it: then ceil(examples / steps), the batch that splits its data into that
+        many steps (fewer where rounding up leaves the last ones empty). ``batch_size`` is
+        the floor. Why: DP-SGD adds its noise once per step, so with one fixed batch a site
+        with more data takes more noisy steps and can end up worse than a small one, while
+        below some batch the noise swamps every step (docs/privacy.md § deid-ner: 32 is that
+        floor for the BiLSTM-CRF). The training loop and the privacy planning of a round both
+        call this, so the ledger accounts the batch that ran.
         """
         if self.steps_per_epoch:
-            return max(1, math.ceil(examples / self.steps_per_epoch))
+            return max(self.batch_size, math.ceil(examples / self.steps_per_epoch))
         return self.batch_size
 
     def __post_init__(self) -> None:
