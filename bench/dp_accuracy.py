@@ -191,14 +191,13 @@ def describe(base: FederationConfig, seeds: int, metric: str) -> str:
 
 
 def training(config: FederationConfig) -> str:
-    """A row's local training settings, short: batch (or steps per epoch), lr, local epochs,
-    momentum, clip."""
+    """A row's local training settings, short: batch (and its steps-per-epoch cap), lr, local
+    epochs, momentum, clip."""
     settings = TrainSettings.for_pack(config, get_task(config.task))
     clip = f" clip {config.clip_norm:g}" if config.dp else ""
-    batch = (f"steps/epoch {settings.steps_per_epoch}" if settings.steps_per_epoch
-             else f"batch {settings.batch_size}")  # fmt: skip
-    return (f"{batch} lr {settings.lr:g} epochs {settings.local_epochs} "
-            f"momentum {settings.momentum:g}{clip}")
+    cap = f" steps/epoch <= {settings.steps_per_epoch}" if settings.steps_per_epoch else ""
+    return (f"batch {settings.batch_size}{cap} lr {settings.lr:g} "
+            f"epochs {settings.local_epochs} momentum {settings.momentum:g}{clip}")
 
 
 def main(argv: list[str] | None = None) -> int:

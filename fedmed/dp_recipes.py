@@ -26,7 +26,8 @@ CHOICES = (MEASURED, NONE)
 
 # The settings a recipe may set (federation spelling).
 RECIPE_SETTINGS = ("batch-size", "steps-per-epoch", "lr", "local-epochs", "momentum", "clip-norm")
-# Two ways to set the batch: a recipe's one stands down when the run config gives either.
+# Both decide the batch (TrainSettings.batch_for): a recipe's stand down together when the
+# run config gives either, so a batch written or given on the command line is the one used.
 BATCH_SETTINGS = ("batch-size", "steps-per-epoch")
 
 # task → its measured recipe. A pack missing here trains under DP with its plain defaults.
