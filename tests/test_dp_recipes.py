@@ -53,3 +53,13 @@ def test_every_recipe_names_a_pack_and_only_training_settings() -> None:
 def test_a_bad_dp_recipe_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="dp-recipe must be one of measured, none"):
         FederationConfig.from_run_config({"task": "ecg", "dp-recipe": "fast"})
+
+
+def test_deid_ners_recipe_caps_steps_above_the_packs_batch(repo: Path) -> None:
+    """The example leaves the batch to the recipe: every node gets batch 32 as the floor and
+    at most 6 steps an epoch (``TrainSettings.batch_for``); without DP, no cap."""
+    folder = repo / "examples" / "deid-ner"
+    sent = instructions(folder)
+    assert (sent["batch-size"], sent["steps-per-epoch"], sent["lr"]) == (32, 6, 0.02)
+    assert instructions(folder, "--no-dp")["steps-per-epoch"] == 0
+    assert instructions(folder, "--set", "batch-size=64")["steps-per-epoch"] == 0
