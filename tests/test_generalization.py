@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fedmed.cli import main
+from fedmed.cli import build_parser, main
 from fedmed.clients.site_home import SiteHome
+from fedmed.commands.federation import federation_config
+from fedmed.commands.generalization import _baselines_and_header
 from fedmed.config import FederationConfig
 from fedmed.errors import ConfigError, DataError
 from fedmed.studies.baselines import run_baselines
@@ -237,3 +239,16 @@ def test_held_out_local_mean_reuses_the_all_sites_models_exactly() -> None:
     for metric, value in row["local-mean"].items():
         assert value == pytest.approx((again[others[0]]["switzerland"][metric]
                                        + again[others[1]]["switzerland"][metric]) / 2)
+
+
+def test_a_dp_studys_baselines_train_as_the_study_without_dp(repo: Path) -> None:
+    """``--dp`` brings deid-ner's DP recipe (a steps-per-epoch cap) into the federations, not
+    into the local and pooled models: their recipe is the no-DP study's, so it can lend them."""
+    folder = str(repo / "examples" / "deid-ner")
+    recipes = []
+    for flag in ("--no-dp", "--dp"):
+        args = build_parser().parse_args(["generalization", folder, flag])
+        config = federation_config(args.federation, args)
+        recipes.append(_baselines_and_header(args, config, [0])[1]["baselines"])
+        assert config.steps_per_epoch == (6 if config.dp else None)
+    assert recipes[0] == recipes[1] and "steps_per_epoch" not in recipes[1]

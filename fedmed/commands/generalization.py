@@ -64,9 +64,15 @@ def cmd_generalization(args: argparse.Namespace) -> int:
 def _baselines_and_header(
     args: argparse.Namespace, config: FederationConfig, seeds: list[int]
 ) -> tuple[BaselineSource, dict[str, Any]]:
-    """Where the local and pooled rows come from, and the study's self-description."""
+    """Where the local and pooled rows come from, and the study's self-description.
+
+    The local and pooled models never train with DP, so they take the settings of the same
+    study without DP: a pack's DP recipe (``fedmed.dp_recipes``), which ``--dp`` brings into
+    ``config``, must not reach them, or a DP study could not borrow them (``--baselines-from``)
+    from the study without DP."""
     pack = get_task(config.task)
-    recipe = baseline_recipe(config, pack)
+    without_dp = argparse.Namespace(**{**vars(args), "dp": False})
+    recipe = baseline_recipe(federation_config(args.federation, without_dp), pack)
     privacy = f"federations with DP-SGD at ε = {config.epsilon:g}" if config.dp else "no DP"
     task = "" if config.task == config.federation else f", task {config.task}"
     header: dict[str, Any] = {"metrics": list(pack.metrics), "baselines": recipe.to_json()}
