@@ -49,6 +49,7 @@ from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig, load_federation
 from fedmed.deid.sitekey import SECRET_RELPATH
+from fedmed.errors import ConfigError
 from fedmed.privacy.policy import Policy
 from fedmed.server.app import fit_config_fn
 from fedmed.tasks import get_task
@@ -205,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # as each simulated node (1 CPU): same float rounding as Ray
     settings = base_settings(args)
     base = FederationConfig.from_run_config(settings)
+    if base.strategy != "fedavg":  # the in-process loop aggregates with FedAvg only
+        raise ConfigError(
+            f"strategy {base.strategy!r}: bench/dp_accuracy.py runs FedAvg (Flower's weighted "
+            "mean) in this process; compare strategies under DP with `fedmed generalization "
+            "--dp --strategies ...`"
+        )
     primary = args.metric or get_task(base.task).primary_metric
     epsilons = [float(e) for e in args.epsilons.split(",")]
     sizes: list[int | None] = [int(n) for n in args.sizes.split(",") if n.strip()] or [None]
@@ -255,4 +262,7 @@ def row(size: int | None, epsilon: float, per_seed: list[dict[str, float]], site
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
