@@ -1,6 +1,7 @@
 """One DP-SGD round and the final evaluation of a pack's example through the node's own code,
 shared by the packs' tests (tests/test_icd_minilm.py, tests/test_icd_sentences.py,
-tests/test_ecg_rhythm.py)."""
+tests/test_ecg_rhythm.py); and one verified DP-SGD epoch of a pack's model through the
+training loop (:func:`verified_dp_epoch`: the per-example gradient tests)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,30 @@ from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig, load_federation
 from fedmed.explain.outcome import COUNT, ERROR, FINAL_ROUND, FOLDER
+from fedmed.privacy.trainer import DPTrainer, poisson_schedule
 from fedmed.server.app import evaluate_config_fn, fit_config_fn
 from fedmed.tasks import SiteData, TaskPack
-from fedmed.training.loop import get_weights
+from fedmed.training.loop import TrainResult, TrainSettings, get_weights, train_round
 
 CPU = torch.device("cpu")
 # What the ICD packs' node reports: their scores and the evidence files of their explainer.
 ICD_SCORES = {"micro_f1", "macro_f1", "precision_at_5"}
 ICD_EVIDENCE = ["evidence-{site}.json", "evidence-{site}.md"]
+
+
+def verified_dp_epoch(
+    pack: TaskPack, model: torch.nn.Module, data: torch.utils.data.Dataset, batch: int
+) -> tuple[DPTrainer, TrainResult]:
+    """One local epoch of DP-SGD (σ 1, clip 1, ``auto`` mode) of ``model`` on ``data`` through
+    ``train_round`` with the node's ``DPTrainer``; raises unless Opacus ran exactly the planned
+    (σ, q, steps), and returns the trainer and the result (``result.steps`` is that plan)."""
+    rate, steps = poisson_schedule(len(data), batch)  # type: ignore[arg-type]
+    trainer = DPTrainer(1.0, rate, steps, 1.0, pack.loss, task=pack.name)
+    settings = TrainSettings(local_epochs=1, batch_size=batch, lr=pack.default_lr, seed=0)
+    result = train_round(pack, model, data, settings, CPU, wrap=trainer.wrap)
+    trainer.verify()
+    assert result.steps == steps
+    return trainer, result
 
 
 def dp_round_through_the_node(pack: TaskPack, data: SiteData, example: Path, homes: Path,

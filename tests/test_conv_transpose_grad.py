@@ -17,9 +17,8 @@ from opacus.grad_sample.utils import wrap_model
 from torch import nn
 
 from fedmed.privacy.conv_transpose_grad import transposed_conv_grad_sample
-from fedmed.privacy.trainer import DPTrainer, poisson_schedule
 from fedmed.tasks import get_task
-from fedmed.training.loop import TrainSettings, train_round
+from tests.node_round import verified_dp_epoch
 
 LAYERS = {  # in, out, kernel, stride, padding, output padding, dilation, groups, bias
     "upsample x2": (4, 3, 3, 2, 1, 1, 1, 1, True),
@@ -84,10 +83,5 @@ def test_imaging_seg_dp_round_uses_the_rule_and_matches_vmap() -> None:
     for hooks, vmap in zip(per_mode["hooks"], per_mode["functorch"], strict=True):
         torch.testing.assert_close(hooks, vmap, rtol=1e-4, atol=1e-6)
 
-    small = torch.utils.data.Subset(train, range(16))
-    rate, steps = poisson_schedule(len(small), 4)
-    trainer = DPTrainer(1.0, rate, steps, 1.0, pack.loss, task="imaging-seg")
-    settings = TrainSettings(local_epochs=1, batch_size=4, lr=pack.default_lr, seed=0)
-    result = train_round(pack, model, small, settings, torch.device("cpu"), wrap=trainer.wrap)
-    trainer.verify()
-    assert trainer.mode_used == "hooks" and result.steps == steps
+    trainer, _ = verified_dp_epoch(pack, model, torch.utils.data.Subset(train, range(16)), 4)
+    assert trainer.mode_used == "hooks"

@@ -16,13 +16,11 @@ from fedmed.data.ecg_readers import WINDOW_SAMPLES
 from fedmed.data.ecg_synth import CLASS_NAMES, DENOISE_SAMPLES
 from fedmed.explain.ecg_saliency import EcgSaliency
 from fedmed.privacy.sequence_lstm import SequenceLSTM
-from fedmed.privacy.trainer import DPTrainer, poisson_schedule
 from fedmed.tasks import get_task, task_names
 from fedmed.tasks.ecg import EcgTask
 from fedmed.tasks.ecg_lstm import EcgCnnLstm, EcgLstmTask
-from fedmed.training.loop import TrainSettings, train_round
+from tests.node_round import verified_dp_epoch
 
-CPU = torch.device("cpu")
 NEW_MODELS = ("ecg-lstm", "ecg-denoise", "ecg-rhythm")
 
 
@@ -73,15 +71,11 @@ def test_one_dp_sgd_round_runs_the_planned_mechanism(name: str) -> None:
     """The node's real DP path: fedmed's DPTrainer (Opacus make_private) in train_round."""
     pack = get_task(name)
     data = Subset(pack.load_site("osaka", None, 0).train, range(64))
-    rate, steps = poisson_schedule(len(data), 32)
-    trainer = DPTrainer(1.0, rate, steps, 1.0, pack.loss, task=name)
     torch.manual_seed(0)
     model = pack.build_model()
     before = [p.detach().clone() for p in model.parameters()]
-    settings = TrainSettings(local_epochs=1, batch_size=32, lr=pack.default_lr, seed=0)
-    result = train_round(pack, model, data, settings, CPU, wrap=trainer.wrap)
-    trainer.verify()  # exactly `steps` noisy steps at (sigma=1, q)
-    assert result.steps == steps and np.isfinite(result.mean_loss)
+    trainer, result = verified_dp_epoch(pack, model, data, 32)  # the planned (σ, q, steps)
+    assert np.isfinite(result.mean_loss)
     assert trainer.mode_used in {"ew", "hooks"}
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 

@@ -66,7 +66,7 @@ def test_ew_gives_the_per_example_gradients_of_hooks_through_a_concatenation(bat
 
 def test_auto_picks_ew_for_the_packs_it_used_to_fail_on() -> None:
     """The packs' own models, as a node builds them: imaging-cls on random 32 px images of
-    its input shape (its site takes seconds to simulate; the choice depends on the model),
+    its input shape (simulating its site is slow, and the choice depends on the model only),
     icd on a built-in site's notes."""
     imaging, icd = get_task("imaging-cls"), get_task("icd")
     generator = torch.Generator().manual_seed(0)

@@ -16,9 +16,9 @@ from opacus.grad_sample.utils import wrap_model
 from opacus.layers import DPLSTM
 
 from fedmed.privacy.sequence_lstm import SequenceLSTM, sequence_lstm_grad_sample
-from fedmed.privacy.trainer import DPTrainer, poisson_schedule, select_grad_sample_mode
+from fedmed.privacy.trainer import select_grad_sample_mode
 from fedmed.tasks import get_task
-from fedmed.training.loop import TrainSettings, train_round
+from tests.node_round import verified_dp_epoch
 
 
 def twins(inputs: int = 5, hidden: int = 7) -> tuple[DPLSTM, SequenceLSTM]:
@@ -92,9 +92,5 @@ def test_ecg_lstm_dp_round_runs_the_rule_through_hooks() -> None:
     model = pack.build_model()
     assert isinstance(model.lstm, SequenceLSTM)
     assert select_grad_sample_mode(model, train, pack.loss, 8) == "hooks"
-    rate, steps = poisson_schedule(len(train), 8)
-    trainer = DPTrainer(1.0, rate, steps, 1.0, pack.loss, task="ecg-lstm")
-    settings = TrainSettings(local_epochs=1, batch_size=8, lr=pack.default_lr, seed=0)
-    result = train_round(pack, model, train, settings, torch.device("cpu"), wrap=trainer.wrap)
-    trainer.verify()
-    assert trainer.mode_used == "hooks" and result.steps == steps
+    trainer, _ = verified_dp_epoch(pack, model, train, 8)
+    assert trainer.mode_used == "hooks"
