@@ -1,8 +1,10 @@
-"""Expanded weights (``ew``) on convolutions whose output gradient is a strided view.
+"""Expanded weights (``ew``) with fedmed's per-example convolution gradients.
 
-``fedmed.privacy.ew_conv_fix`` hands torch's grouped per-example convolution gradient a
-contiguous copy; without it ``ew`` raised on MONAI's DenseNet (imaging-cls) and on the
-CAML network (icd), and ``auto`` fell back to the slower ``hooks``.
+``fedmed.privacy.ew_conv_fix`` computes every batch's per-example convolution weight
+gradients from a strided unfold of the input instead of torch's two paths (a grouped
+convolution below 32 examples, which raised on a strided output gradient — MONAI's
+DenseNet in imaging-cls, the CAML network of icd — and ``F.unfold`` above): the same
+gradients as Opacus's ``hooks`` at every batch size, for every convolution the packs use.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import pytest
 import torch
 from opacus.grad_sample.utils import wrap_model
 from torch import nn
-from torch.nn.utils._expanded_weights import conv_utils
 from torch.utils.data import TensorDataset
 
 from fedmed.privacy.trainer import DPTrainer, poisson_schedule, select_grad_sample_mode
@@ -43,17 +44,70 @@ def per_example_gradients(model: nn.Module, mode: str, inputs: torch.Tensor,
     return [p.grad_sample.detach() for p in model.parameters()]
 
 
-def test_torch_still_raises_on_a_strided_gradient_without_the_fix() -> None:
-    """The day torch fixes its ``view``, this fails and the module can go."""
-    original = conv_utils.conv_group_weight_grad_sample.__wrapped__
-    conv = nn.Conv2d(2, 3, 3, padding=1)
-    inputs = torch.randn(4, 2, 5, 5)
-    strided = torch.randn(4, 5, 5, 5)[:, 2:]  # what torch.cat's backward hands a layer
-    with pytest.raises(RuntimeError, match="view size is not compatible"):
-        original(inputs, strided, conv.weight.shape, (1, 1), (1, 1), (1, 1), 4, torch.conv2d)
+CONVOLUTIONS = {
+    "3x3 padded": (lambda: nn.Conv2d(3, 5, 3, padding=1), (3, 9, 9)),
+    "strided, dilated, uneven": (
+        lambda: nn.Conv2d(3, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        (3, 9, 8)),
+    "1x1": (lambda: nn.Conv2d(2, 3, 1), (2, 5, 5)),
+    "1-D strided, dilated": (lambda: nn.Conv1d(3, 4, 5, stride=2, padding=2, dilation=2), (3, 20)),
+    "1-D same": (lambda: nn.Conv1d(2, 3, 3, padding="same"), (2, 11)),
+    "grouped (torch's own path)": (lambda: nn.Conv2d(4, 6, 3, groups=2), (4, 7, 7)),
+}
 
 
-@pytest.mark.parametrize("batch", [1, 5, 31])  # the grouped path runs below 32 examples
+@pytest.mark.parametrize("name", sorted(CONVOLUTIONS))
+@pytest.mark.parametrize("batch", [1, 5, 31, 40])  # torch switched paths at 32 examples
+def test_ew_gives_the_per_example_gradients_of_hooks(name: str, batch: int) -> None:
+    make, shape = CONVOLUTIONS[name]
+    torch.manual_seed(0)
+    model = nn.Sequential(make(), nn.Flatten(), nn.LazyLinear(1))
+    inputs, targets = torch.randn(batch, *shape), torch.rand(batch, 1)
+    model(inputs)  # materialise the lazy head
+    hooks = per_example_gradients(copy.deepcopy(model), "hooks", inputs, targets)
+    ew = per_example_gradients(copy.deepcopy(model), "ew", inputs, targets)
+    for expected, got in zip(hooks, ew, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+class TransposedInput(nn.Module):
+    """ICD's layout: the convolution reads a transposed (non-contiguous) tensor, unpadded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 3, 3)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(tokens.transpose(1, 2)).mean(dim=2))
+
+
+def test_ew_reads_a_transposed_unpadded_input_correctly() -> None:
+    torch.manual_seed(0)
+    model = TransposedInput()
+    inputs, targets = torch.randn(6, 10, 4), torch.rand(6, 1)
+    hooks = per_example_gradients(copy.deepcopy(model), "hooks", inputs, targets)
+    ew = per_example_gradients(copy.deepcopy(model), "ew", inputs, targets)
+    for expected, got in zip(hooks, ew, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_ungrouped_convolutions_skip_im2col(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of the module: torch's ``F.unfold`` (im2col) is not what runs."""
+
+    def im2col(*_: object, **__: object) -> torch.Tensor:
+        raise AssertionError("F.unfold was called")
+
+    monkeypatch.setattr(torch.nn.functional, "unfold", im2col)
+    for conv, inputs in ((nn.Conv2d(3, 5, 3, padding=1), torch.randn(7, 3, 6, 6)),
+                         (nn.Conv1d(3, 5, 3), torch.randn(40, 3, 9))):
+        wrapped = wrap_model(nn.Sequential(conv, nn.Flatten()), grad_sample_mode="ew",
+                             batch_first=True, loss_reduction="mean")
+        wrapped(inputs).sum().backward()
+        assert conv.weight.grad_sample.shape == (len(inputs), *conv.weight.shape)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 31])
 def test_ew_gives_the_per_example_gradients_of_hooks_through_a_concatenation(batch: int) -> None:
     torch.manual_seed(0)
     model = DenseLayer()
