@@ -9,6 +9,9 @@ Contract with the coordinator (``fedmed.server.app``):
   ``registered-audit-key`` with every fit: a node that is not that site, or whose site
   home signs with another key, refuses. Its site home (policy, ledger, audit log, key) is
   ``site-home`` or, in simulation, ``fedmed.clients.site_home.default_site_home``.
+  The node's memory limit for DP-SGD is its own too: ``max-physical-batch`` in its node
+  config, else the federation's (``fedmed.clients.hospital.site_for_context``); it splits
+  batches, never the mechanism, so the coordinator neither sends nor sees it.
 - ``fit`` receives the global weights and a config with ``run-id``,
   ``server-round``, ``local-epochs``, ``batch-size``, ``steps-per-epoch`` (0: no cap;
   ``fedmed.training.loop.TrainSettings.batch_for``), ``lr``, ``momentum``,

@@ -8,6 +8,7 @@ train — they must not pay for importing torch and Opacus.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -53,7 +54,21 @@ def site_for_context(context: Context, config: FederationConfig) -> tuple[Hospit
         raise ConfigError("node config names no 'site' (deployment) or 'partition-id' (simulation)")
     home = node_config.get("site-home")
     home_root = Path(str(home)) if home else default_site_home(config, site)
-    return _open_site(config.task, site, data_dir, config.seed, home_root), home_root
+    opened = _open_site(config.task, site, data_dir, config.seed, home_root)
+    limit = _physical_batch_limit(node_config, config)
+    return replace(opened, max_physical_batch=limit), home_root
+
+
+def _physical_batch_limit(node_config: Mapping[str, Scalar], config: FederationConfig) -> int:
+    """The node's own ``max-physical-batch`` (``fedmed node start --max-physical-batch``),
+    else the federation's: memory is the node's hardware, so its own value wins."""
+    value = node_config.get("max-physical-batch", config.max_physical_batch)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"node config max-physical-batch must be a whole number >= 0 (0: no limit), "
+            f"not {value!r}"
+        )
+    return value
 
 
 def train_settings(fit_config: Mapping[str, Scalar]) -> TrainSettings:

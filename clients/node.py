@@ -34,6 +34,9 @@ class HospitalSite:
     pack: TaskPack
     data: SiteData
     device: torch.device
+    # The node's memory limit for DP-SGD: examples per forward/backward pass (0: none);
+    # from its node config or the federation's ``max-physical-batch``.
+    max_physical_batch: int = 0
 
     @classmethod
     def open(

@@ -528,6 +528,7 @@ def _trainer(
         grad_sample_mode=dp.grad_sample_mode,
         task=site.pack.name,
         secret_seed=secret % 2**63,
+        max_physical_batch=site.max_physical_batch,
     )
 
 

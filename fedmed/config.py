@@ -89,6 +89,10 @@ class FederationConfig:
     clip_norm: float = 1.0
     accountant: str = "rdp"
     grad_sample_mode: str = "auto"
+    # Every node's memory limit under DP: at most this many examples per forward/backward
+    # pass, a logical batch split into parts (fedmed.privacy.trainer; the mechanism is the
+    # same). 0: no limit. A deployed node's own `--max-physical-batch` wins.
+    max_physical_batch: int = 0
     # With dp on: the pack's measured DP-SGD settings fill those the run config leaves out
     # (fedmed.dp_recipes); "none" keeps the pack's plain defaults.
     dp_recipe: str = MEASURED
@@ -207,6 +211,12 @@ class FederationConfig:
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr} (leave it out for the task "
                               "pack's default)")  # fmt: skip
+        if self.max_physical_batch < 0:
+            raise ConfigError(
+                f"max-physical-batch must be >= 0 (0: no limit), got {self.max_physical_batch}"
+            )
+        if self.max_physical_batch and self.grad_sample_mode == "ghost":
+            raise ConfigError("max-physical-batch does not work with grad-sample-mode ghost")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         for name in ("proximal_mu", "client_noise_multiplier"):

@@ -279,7 +279,8 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     home = args.site_home or site_home_path(kit.federation, kit.site)
     with sigterm_interrupts():
         node = Node(
-            kit, args.data, home, address, state, args.port, _echo(args.quiet), args.poll
+            kit, args.data, home, address, state, args.port, _echo(args.quiet), args.poll,
+            max_physical_batch=args.max_physical_batch,
         )
         try:
             node_id = node.start(timeout=args.wait)
@@ -515,8 +516,28 @@ def _register_node(subparsers: argparse._SubParsersAction) -> None:
         help=f"longest pause of an idle node between looks for work (default "
         f"{DEFAULT_POLL_SECONDS:g}; Flower's own is 3 s; raise it for many nodes or slow links)",
     )
+    start.add_argument(
+        "--max-physical-batch",
+        type=_physical_batch,
+        default=0,
+        metavar="N",
+        help="DP-SGD on this machine: at most N examples per forward/backward pass, larger "
+        "batches split into parts with the same privacy mechanism (default 0: no limit; "
+        "wins over the federation's max-physical-batch)",
+    )
     start.add_argument("--quiet", action="store_true", help="log to the state folder only")
     start.set_defaults(func=cmd_node_start)
+
+
+def _physical_batch(text: str) -> int:
+    """A whole number of examples, 0 for no limit."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, got {text}")
+    return value
 
 
 def _poll_seconds(text: str) -> float:

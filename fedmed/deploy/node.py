@@ -11,7 +11,8 @@ as the process that runs the ClientApps) with:
 - ``--auth-supernode-private-key <kit>/node-auth.key``: prove the node is registered;
 - ``--node-config <state>/node-config.toml``: ``site``, ``data-dir``, ``site-home`` —
   what the ClientApp reads to find this hospital's data and site home
-  (``fedmed.clients.hospital.site_for_context``);
+  (``fedmed.clients.hospital.site_for_context``) — and, when set, ``max-physical-batch``,
+  this machine's memory limit for DP-SGD (``fedmed.privacy.trainer``);
 - ``--port``: the node's local Runtime API (ClientApp processes talk to it; it binds
   127.0.0.1 only). Two nodes on one machine need two ports.
 
@@ -117,6 +118,7 @@ class Node:
         runtime_port: int = DEFAULT_RUNTIME_PORT,
         echo: Callable[[str], None] | None = None,
         poll_seconds: float = DEFAULT_POLL_SECONDS,
+        max_physical_batch: int = 0,
     ) -> None:
         self.kit = kit
         self.data_dir = Path(data_dir).resolve()
@@ -125,6 +127,7 @@ class Node:
         self.layout = NodeLayout(Path(state).resolve())
         self.runtime_port = runtime_port
         self.poll_seconds = poll_seconds
+        self.max_physical_batch = max_physical_batch
         self.echo = echo
         self.process: ChildProcess | None = None
         self.node_id: str = ""
@@ -142,11 +145,13 @@ class Node:
         probe_coordinator(self.coordinator, self.kit.ca_cert, timeout=probe_timeout)
 
     def write_node_config(self) -> Path:
-        values = {
+        values: dict[str, str | int] = {
             "site": self.kit.site,
             "data-dir": str(self.data_dir),
             "site-home": str(self.site_home),
         }
+        if self.max_physical_batch:
+            values["max-physical-batch"] = self.max_physical_batch
         self.layout.node_config.write_text(tomli_w.dumps(values), encoding="utf-8")
         return self.layout.node_config
 

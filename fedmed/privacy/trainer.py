@@ -16,6 +16,14 @@ is the ``ew``-or-``hooks`` rule of :func:`select_grad_sample_mode`. ``ghost`` is
 only on request: ``bench/dp_overhead.py`` measured it slower than ``auto``'s choice on
 every pack (docs/privacy.md § DP overhead per task pack), so no pack defaults to it.
 
+``max_physical_batch`` caps how many examples go through the model at once without
+changing the mechanism: Opacus's batch splitting (``opacus.utils.batch_memory_manager``)
+cuts each Poisson-sampled logical batch into parts of at most that many, clips and sums
+the parts' per-example gradients, and adds the noise and takes the step once, after the
+last part — the same (σ, q, steps), the same noise draws. It is a node's memory limit
+(per-example gradients take batch × parameters), set where the node runs
+(docs/privacy.md § Settings).
+
 Models are validated first: BatchNorm (or any module Opacus cannot give
 per-example gradients for) is refused with the offending layer names — fedmed does
 not silently swap in GroupNorm, which changes the model being trained.
@@ -34,6 +42,7 @@ from opacus import PrivacyEngine
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.grad_sample.utils import wrap_model
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.batch_memory_manager import wrap_data_loader
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.optim import Optimizer
@@ -252,6 +261,9 @@ class DPTrainer:
     Mersenne-Twister/Philox generators, not a CSPRNG stream: Opacus's ``secure_mode``
     needs ``torchcsprng``, which has no build for this torch. ``None`` (local studies,
     tests of the trainer alone) keeps the loop's seeded randomness.
+
+    ``max_physical_batch``: at most this many examples per forward and backward pass
+    (0: the whole logical batch); see the module docstring.
     """
 
     noise_multiplier: float
@@ -263,6 +275,7 @@ class DPTrainer:
     task: str = ""
     mode_used: str = ""
     secret_seed: int | None = None
+    max_physical_batch: int = 0
 
     def __post_init__(self) -> None:
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
@@ -272,6 +285,15 @@ class DPTrainer:
             )
         if not (self.noise_multiplier > 0 and self.clip_norm > 0):
             raise ConfigError("DP-SGD needs a positive noise multiplier and clipping norm")
+        if self.max_physical_batch < 0:
+            raise ConfigError(
+                f"max-physical-batch must be >= 0 (0: no limit), not {self.max_physical_batch}"
+            )
+        if self.max_physical_batch and self.grad_sample_mode == "ghost":
+            raise ConfigError(
+                "max-physical-batch cannot split ghost clipping's batches (its two backward "
+                "passes need the whole batch); use grad-sample-mode auto, ew or hooks"
+            )
         self._engine: PrivacyEngine | None = None
 
     def wrap(
@@ -285,8 +307,9 @@ class DPTrainer:
                 f"planned sample rate {self.sample_rate}, but this loader gives {rate}"
             )
         mode = self.grad_sample_mode
+        physical = min(loader.batch_size or 1, self.max_physical_batch or math.inf)
         if mode == "auto":
-            mode = select_grad_sample_mode(model, loader.dataset, self.loss, loader.batch_size or 1)
+            mode = select_grad_sample_mode(model, loader.dataset, self.loss, int(physical))
         self.mode_used = mode
         noise, sampling = self._secret_generators(model)
         with warnings.catch_warnings():
@@ -309,6 +332,10 @@ class DPTrainer:
         if sampling is not None:
             private_loader.batch_sampler.generator = sampling  # type: ignore[union-attr]
         _tolerate_empty_batches(private_optimizer)
+        if self.max_physical_batch:
+            private_loader = wrap_data_loader(data_loader=private_loader,
+                                              max_batch_size=self.max_physical_batch,
+                                              optimizer=private_optimizer)
         return private_model, private_optimizer, private_loader
 
     def _secret_generators(

@@ -131,6 +131,14 @@ def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
     model.load_state_dict(new_state)
 
 
+def _completed_steps(optimizer: Optimizer) -> int:
+    """1, or 0 after a part of a DP-SGD batch that a node's physical-batch limit split
+    (``fedmed.privacy.trainer``): Opacus's optimizer then only clipped and summed that
+    part's per-example gradients, and the step — noise included — comes with the last
+    part. Opacus marks such a call in ``_is_last_step_skipped``, its one record of it."""
+    return 0 if getattr(optimizer, "_is_last_step_skipped", False) else 1
+
+
 def train_round(
     pack: TaskPack,
     model: nn.Module,
@@ -169,7 +177,7 @@ def train_round(
             loss = pack.loss(trained(inputs.to(device)), targets.to(device))
             loss.backward()
             optimizer.step()
-            steps += 1
+            steps += _completed_steps(optimizer)
             if anchor:
                 with torch.no_grad():
                     for param, start in zip(model.parameters(), anchor, strict=True):
