@@ -64,6 +64,29 @@ def test_split_batches_release_the_same_update_in_passes_of_at_most_the_limit() 
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_empty_and_split_draws_mix_in_one_round() -> None:
+    """Three examples at q = 1/3: about a third of the draws are empty (a step of pure
+    noise), others hold two or three examples, split into passes of one."""
+    pack = get_task("heart")
+    generator = torch.Generator().manual_seed(3)
+    data = torch.utils.data.TensorDataset(torch.randn(3, 26, generator=generator),
+                                          torch.randint(0, 2, (3,), generator=generator).float())
+    released = []
+    for limit in (0, 1):
+        torch.manual_seed(0)
+        model = pack.build_model()
+        rate, steps = poisson_schedule(len(data), 1)
+        trainer = DPTrainer(1.0, rate, 10 * steps, 1.0, pack.loss, task=pack.name,
+                            secret_seed=11, max_physical_batch=limit)
+        settings = TrainSettings(local_epochs=10, batch_size=1, lr=0.1, seed=0)
+        result = train_round(pack, model, data, settings, torch.device("cpu"), wrap=trainer.wrap)
+        trainer.verify()
+        assert result.steps == 10 * steps
+        released.append(get_weights(model))
+    for a, b in zip(*released, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_a_negative_limit_or_ghost_clipping_is_refused() -> None:
     loss = torch.nn.functional.binary_cross_entropy_with_logits
     with pytest.raises(ConfigError, match="max-physical-batch must be >= 0"):
