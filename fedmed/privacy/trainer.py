@@ -242,6 +242,26 @@ def _tolerate_empty_batches(optimizer: DPOptimizer) -> None:
     optimizer.pre_step = pre_step_tolerating_empty  # type: ignore[method-assign]
 
 
+def _scale_once(optimizer: DPOptimizer) -> None:
+    """Opacus's ``scale_grad``, with its divisor computed once a step instead of once per
+    parameter.
+
+    Opacus divides every parameter's noisy gradient by ``expected_batch_size ×
+    accumulated_iterations``, and ``accumulated_iterations`` is a property that loops over
+    all parameters, so a step costs parameters² Python checks: imaging-cls's DenseNet has
+    34 parameter tensors, 1,156 checks a step, about 5 % of its DP-SGD epoch (profiled).
+    The same division by the same number, so the gradients are bit-identical (tested).
+    """
+
+    def scale_grad() -> None:
+        if optimizer.loss_reduction == "mean":
+            divisor = optimizer.expected_batch_size * optimizer.accumulated_iterations
+            for param in optimizer.params:
+                param.grad /= divisor
+
+    optimizer.scale_grad = scale_grad  # type: ignore[method-assign]
+
+
 @dataclass
 class DPTrainer:
     """One round of DP-SGD with a fixed, pre-approved mechanism.
@@ -332,6 +352,7 @@ class DPTrainer:
         if sampling is not None:
             private_loader.batch_sampler.generator = sampling  # type: ignore[union-attr]
         _tolerate_empty_batches(private_optimizer)
+        _scale_once(private_optimizer)
         if self.max_physical_batch:
             private_loader = wrap_data_loader(data_loader=private_loader,
                                               max_batch_size=self.max_physical_batch,
