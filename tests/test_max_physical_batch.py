@@ -34,8 +34,8 @@ SITE = "cleveland"
 
 
 def dp_epochs(limit: int, passes: list[int]) -> tuple[list[np.ndarray], DPTrainer, int]:
-    """Two DP-SGD epochs of the heart model at logical batch 64 with the physical limit
-    ``limit``; ``passes`` collects the batch size of every forward pass."""
+    """Two DP-SGD epochs of the heart model (FedProx's term on) at logical batch 64 with the
+    physical limit ``limit``; ``passes`` collects the batch size of every forward pass."""
     pack = get_task("heart")
     data = pack.load_site(SITE, None, 0).train
     torch.manual_seed(0)
@@ -44,7 +44,8 @@ def dp_epochs(limit: int, passes: list[int]) -> tuple[list[np.ndarray], DPTraine
     rate, steps = poisson_schedule(len(data), 64)
     trainer = DPTrainer(1.0, rate, 2 * steps, 1.0, pack.loss, task=pack.name,
                         secret_seed=7, max_physical_batch=limit)
-    settings = TrainSettings(local_epochs=2, batch_size=64, lr=0.05, seed=0)
+    # FedProx on: its proximal term must come once a step, not once a part
+    settings = TrainSettings(local_epochs=2, batch_size=64, lr=0.05, seed=0, proximal_mu=0.5)
     result = train_round(pack, model, data, settings, torch.device("cpu"), wrap=trainer.wrap)
     trainer.verify()  # Opacus ran exactly the planned (σ, q, steps)
     assert result.steps == 2 * steps

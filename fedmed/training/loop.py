@@ -177,8 +177,9 @@ def train_round(
             loss = pack.loss(trained(inputs.to(device)), targets.to(device))
             loss.backward()
             optimizer.step()
-            steps += _completed_steps(optimizer)
-            if anchor:
+            completed = _completed_steps(optimizer)
+            steps += completed
+            if anchor and completed:  # FedProx's term once a step, not once a part
                 with torch.no_grad():
                     for param, start in zip(model.parameters(), anchor, strict=True):
                         param.sub_(settings.lr * settings.proximal_mu * (param - start))
