@@ -105,7 +105,9 @@ def federate(
     clients = []
     for site in sites:
         open_unbounded_home(homes / site, site, config.task, config.seed)
-        clients.append(HospitalClient(loaded_site(config, site), homes / site))
+        node = dataclasses.replace(loaded_site(config, site),
+                                   max_physical_batch=config.max_physical_batch)
+        clients.append(HospitalClient(node, homes / site))
     torch.manual_seed(config.seed)
     weights = get_weights(pack.build_model())
     instructions = fit_config_fn(config, pack, run_id=run_id or f"bench-seed{config.seed}")

@@ -207,8 +207,10 @@ def audit_site(
     held_out = [site.test for name, site in data.items() if name != target]
     canaries = make_canaries(pack, [d.train for d in data.values()], held_out, count, initial, rng)
     audited = with_canaries(pack, data[target], canaries, rng)
-    sites = [
-        audited.site if name == target else HospitalSite(name, pack, site, pick_device())
+    sites = [  # each node as configured, its memory limit included
+        dataclasses.replace(audited.site, max_physical_batch=config.max_physical_batch)
+        if name == target
+        else HospitalSite(name, pack, site, pick_device(), config.max_physical_batch)
         for name, site in data.items()
     ]
     with tempfile.TemporaryDirectory(prefix="fedmed-audit-", dir=out) as scratch:
