@@ -14,6 +14,7 @@ import pytest
 import tomli
 import torch
 from flwr.common import Context, RecordDict
+from flwr.common.config import parse_config_args
 
 from fedmed.cli import build_parser
 from fedmed.clients.hospital import HospitalClient, _open_site, site_for_context
@@ -164,5 +165,8 @@ def test_node_start_writes_the_limit_into_the_node_config(tmp_path: Path) -> Non
     node.layout = types.SimpleNamespace(node_config=tmp_path / "node-config.toml")
     for limit, expected in ((32, 32), (0, None)):
         node.max_physical_batch = limit
-        written = tomli.loads(node.write_node_config().read_text())
+        path = node.write_node_config()
+        written = tomli.loads(path.read_text())
         assert written.get("max-physical-batch") == expected and written["site"] == SITE
+        # What the SuperNode hands the ClientApp: Flower's own reading of the file, an int.
+        assert parse_config_args([str(path)]).get("max-physical-batch") == expected
