@@ -145,6 +145,16 @@ def test_the_node_config_limit_reaches_dp_sgd_and_changes_nothing_released(
     assert split_ledger == whole_ledger  # (σ, q, steps) of every release
 
 
+def test_a_simulated_node_takes_the_federations_limit(tmp_path: Path) -> None:
+    """``fedmed run``'s nodes have no node config of their own: the federation's value."""
+    _open_site.cache_clear()
+    config = FederationConfig(task="heart", sites_home=str(tmp_path), max_physical_batch=6)
+    context = Context(run_id=1, node_id=1, state=RecordDict(), run_config={},
+                      node_config={"partition-id": 0, "num-partitions": 4})
+    site, _ = site_for_context(context, config)
+    assert (site.name, site.max_physical_batch) == ("cleveland", 6)
+
+
 @pytest.mark.parametrize("bad", [-1, "64", 2.5, True])
 def test_a_bad_node_config_limit_is_a_config_error(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ConfigError, match="node config max-physical-batch"):
