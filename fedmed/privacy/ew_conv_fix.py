@@ -45,9 +45,7 @@ def install() -> None:
     """Route torch's per-example conv gradients through :func:`_strided_weight_grad_sample`,
     once (a second call changes nothing)."""
     original: Callable[..., Any] | None = getattr(conv_utils, _TARGET, None)
-    if original is None or not hasattr(conv_utils, "THRESHOLD"):
-        return
-    if getattr(original, _MARK, False):
+    if original is None or not hasattr(conv_utils, "THRESHOLD") or getattr(original, _MARK, False):
         return
 
     @functools.wraps(original)  # keeps torch's own function as ``__wrapped__``
