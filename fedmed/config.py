@@ -62,7 +62,9 @@ class FederationConfig:
     proximal_mu: float = 0.01
     # Keep normalisation layers at each site (FedBN-style; fedmed.training.local_norms).
     local_norm: bool = False
-    server_lr: float = 0.1
+    server_lr: float = 0.1  # FedAdam's and FedYogi's server step η
+    # FedAvgM's server momentum (its server learning rate is FedAvg's 1).
+    server_momentum: float = 0.9
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     # Evaluate at the sites every N rounds and always after the last; 0: after the last only.
@@ -224,6 +226,8 @@ class FederationConfig:
                 raise ConfigError(f"{_name(name)} must be >= 0, got {getattr(self, name)}")
         if self.server_lr <= 0:
             raise ConfigError(f"server-lr must be > 0, got {self.server_lr}")
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ConfigError(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
@@ -434,8 +438,8 @@ def get_strategy(name: str) -> StrategySpec:
 
 
 # Flower's own implementations (FedAvg, McMahan 2017; FedProx, Li 2020; FedAdam/FedYogi,
-# Reddi 2021; FedTrimmedAvg, Yin 2018; FedMedian). Flower is imported when a strategy is
-# built, which only the coordinator does.
+# Reddi 2021; FedAvgM, Hsu 2019; FedTrimmedAvg, Yin 2018; FedMedian). Flower is imported
+# when a strategy is built, which only the coordinator does.
 
 
 @register_strategy("fedavg")
@@ -464,6 +468,13 @@ def _fedyogi(config: FederationConfig, common: dict[str, Any]) -> Strategy:
     from flwr.server.strategy import FedYogi
 
     return FedYogi(**common, eta=config.server_lr, eta_l=0.1 if config.lr is None else config.lr)
+
+
+@register_strategy("fedavgm")
+def _fedavgm(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    from flwr.server.strategy import FedAvgM
+
+    return FedAvgM(**common, server_learning_rate=1.0, server_momentum=config.server_momentum)
 
 
 @register_strategy("fedtrimmedavg", sees_each_update=True)

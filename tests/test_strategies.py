@@ -20,6 +20,7 @@ from flwr.common import ndarrays_to_parameters
 from flwr.server.strategy import (
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
@@ -45,6 +46,7 @@ FLOWER_CLASSES = {
     "fedprox": FedProx,
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
+    "fedavgm": FedAvgM,
     "fedtrimmedavg": FedTrimmedAvg,
     "fedmedian": FedMedian,
 }
@@ -58,7 +60,7 @@ def _built(config: FederationConfig) -> object:
     )  # fmt: skip
 
 
-def test_the_six_flower_strategies_are_registered_and_the_cli_offers_exactly_those() -> None:
+def test_the_seven_flower_strategies_are_registered_and_the_cli_offers_exactly_those() -> None:
     assert strategy_names() == tuple(FLOWER_CLASSES)
     run = build_parser()._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
     choices = next(a.choices for a in run._actions if a.dest == "strategy")
@@ -67,12 +69,16 @@ def test_the_six_flower_strategies_are_registered_and_the_cli_offers_exactly_tho
 
 @pytest.mark.parametrize("name", list(FLOWER_CLASSES))
 def test_each_name_builds_its_flower_strategy(name: str) -> None:
-    strategy = _built(FederationConfig(strategy=name, proximal_mu=0.3, server_lr=0.2))
+    strategy = _built(FederationConfig(strategy=name, proximal_mu=0.3, server_lr=0.2,
+                                       server_momentum=0.5))
     assert type(strategy) is FLOWER_CLASSES[name]
     if name == "fedprox":
         assert strategy.proximal_mu == 0.3  # type: ignore[attr-defined]
     if name in ("fedadam", "fedyogi"):
         assert strategy.eta == 0.2  # type: ignore[attr-defined]
+    if name == "fedavgm":
+        assert strategy.server_momentum == 0.5  # type: ignore[attr-defined]
+        assert strategy.server_learning_rate == 1.0  # type: ignore[attr-defined]
     wrapped = _built(FederationConfig(strategy=name, client_dp=True))
     assert isinstance(wrapped, ClientLevelDP) and type(wrapped.strategy) is FLOWER_CLASSES[name]
 
