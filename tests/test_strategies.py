@@ -88,6 +88,8 @@ def test_unknown_and_doubly_registered_strategies_are_refused() -> None:
         FederationConfig(strategy="fedsgd").validate()
     with pytest.raises(ValueError, match="already registered"):
         register_strategy("fedavg")(lambda config, common: FedAvg(**common))
+    with pytest.raises(ConfigError, match=r"server-momentum must be in \[0, 1\), got 1.0"):
+        FederationConfig(strategy="fedavgm", server_momentum=1.0).validate()
     assert get_strategy("fedmedian").sees_each_update
     assert not get_strategy("fedprox").sees_each_update
 
