@@ -34,30 +34,34 @@ from tests.test_privacy_node import initial_weights
 SITE = "cleveland"
 
 
-def dp_epochs(limit: int, passes: list[int]) -> tuple[list[np.ndarray], DPTrainer, int]:
-    """Two DP-SGD epochs of the heart model (FedProx's term on) at logical batch 64 with the
-    physical limit ``limit``; ``passes`` collects the batch size of every forward pass."""
+def dp_round(data: torch.utils.data.Dataset, limit: int, settings: TrainSettings,
+             passes: list[int] | None = None) -> tuple[list[np.ndarray], DPTrainer]:
+    """The heart model after a verified DP-SGD round (σ 1, clip 1, a fixed secret seed) on
+    ``data`` with the physical limit ``limit``; ``passes`` collects the batch size of every
+    forward pass."""
     pack = get_task("heart")
-    data = pack.load_site(SITE, None, 0).train
     torch.manual_seed(0)
     model = pack.build_model()
-    model.register_forward_pre_hook(lambda _, inputs: passes.append(len(inputs[0])))
-    rate, steps = poisson_schedule(len(data), 64)
-    trainer = DPTrainer(1.0, rate, 2 * steps, 1.0, pack.loss, task=pack.name,
+    if passes is not None:
+        model.register_forward_pre_hook(lambda _, inputs: passes.append(len(inputs[0])))
+    rate, steps = poisson_schedule(len(data), settings.batch_size)  # type: ignore[arg-type]
+    planned = settings.local_epochs * steps
+    trainer = DPTrainer(1.0, rate, planned, 1.0, pack.loss, task=pack.name,
                         secret_seed=7, max_physical_batch=limit)
-    # FedProx on: its proximal term must come once a step, not once a part
-    settings = TrainSettings(local_epochs=2, batch_size=64, lr=0.05, seed=0, proximal_mu=0.5)
     result = train_round(pack, model, data, settings, torch.device("cpu"), wrap=trainer.wrap)
     trainer.verify()  # Opacus ran exactly the planned (σ, q, steps)
-    assert result.steps == 2 * steps
-    return get_weights(model), trainer, steps
+    assert result.steps == planned
+    return get_weights(model), trainer
 
 
 def test_split_batches_release_the_same_update_in_passes_of_at_most_the_limit() -> None:
+    data = get_task("heart").load_site(SITE, None, 0).train
+    # FedProx on: its proximal term must come once a step, not once a part
+    settings = TrainSettings(local_epochs=2, batch_size=64, lr=0.05, seed=0, proximal_mu=0.5)
     whole_passes: list[int] = []
-    whole, _, steps = dp_epochs(0, whole_passes)
+    whole, _ = dp_round(data, 0, settings, whole_passes)
     split_passes: list[int] = []
-    split, trainer, _ = dp_epochs(7, split_passes)
+    split, trainer = dp_round(data, 7, settings, split_passes)
     assert max(whole_passes) > 7  # the logical batches of ~64 ran whole
     assert max(split_passes) <= 7  # the mode check included: it runs one physical batch
     assert trainer.mode_used == "ew"
@@ -69,23 +73,13 @@ def test_split_batches_release_the_same_update_in_passes_of_at_most_the_limit() 
 def test_empty_and_split_draws_mix_in_one_round() -> None:
     """Three examples at q = 1/3: about a third of the draws are empty (a step of pure
     noise), others hold two or three examples, split into passes of one."""
-    pack = get_task("heart")
     generator = torch.Generator().manual_seed(3)
     data = torch.utils.data.TensorDataset(torch.randn(3, 26, generator=generator),
                                           torch.randint(0, 2, (3,), generator=generator).float())
-    released = []
-    for limit in (0, 1):
-        torch.manual_seed(0)
-        model = pack.build_model()
-        rate, steps = poisson_schedule(len(data), 1)
-        trainer = DPTrainer(1.0, rate, 10 * steps, 1.0, pack.loss, task=pack.name,
-                            secret_seed=11, max_physical_batch=limit)
-        settings = TrainSettings(local_epochs=10, batch_size=1, lr=0.1, seed=0)
-        result = train_round(pack, model, data, settings, torch.device("cpu"), wrap=trainer.wrap)
-        trainer.verify()
-        assert result.steps == 10 * steps
-        released.append(get_weights(model))
-    for a, b in zip(*released, strict=True):
+    settings = TrainSettings(local_epochs=10, batch_size=1, lr=0.1, seed=0)
+    whole, _ = dp_round(data, 0, settings)
+    split, _ = dp_round(data, 1, settings)
+    for a, b in zip(whole, split, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
