@@ -35,7 +35,8 @@ SITE = "cleveland"
 
 
 def dp_round(data: torch.utils.data.Dataset, limit: int, settings: TrainSettings,
-             passes: list[int] | None = None) -> tuple[list[np.ndarray], DPTrainer]:
+             passes: list[int] | None = None,
+             mode: str = "auto") -> tuple[list[np.ndarray], DPTrainer]:
     """The heart model after a verified DP-SGD round (σ 1, clip 1, a fixed secret seed) on
     ``data`` with the physical limit ``limit``; ``passes`` collects the batch size of every
     forward pass."""
@@ -47,24 +48,27 @@ def dp_round(data: torch.utils.data.Dataset, limit: int, settings: TrainSettings
     rate, steps = poisson_schedule(len(data), settings.batch_size)  # type: ignore[arg-type]
     planned = settings.local_epochs * steps
     trainer = DPTrainer(1.0, rate, planned, 1.0, pack.loss, task=pack.name,
-                        secret_seed=7, max_physical_batch=limit)
+                        secret_seed=7, max_physical_batch=limit, grad_sample_mode=mode)
     result = train_round(pack, model, data, settings, torch.device("cpu"), wrap=trainer.wrap)
     trainer.verify()  # Opacus ran exactly the planned (σ, q, steps)
     assert result.steps == planned
     return get_weights(model), trainer
 
 
-def test_split_batches_release_the_same_update_in_passes_of_at_most_the_limit() -> None:
+@pytest.mark.parametrize(("mode", "used"), [("auto", "bookkeeping"), ("ew", "ew"),
+                                             ("hooks", "hooks")])
+def test_split_batches_release_the_same_update_in_passes_of_at_most_the_limit(
+        mode: str, used: str) -> None:
     data = get_task("heart").load_site(SITE, None, 0).train
     # FedProx on: its proximal term must come once a step, not once a part
     settings = TrainSettings(local_epochs=2, batch_size=64, lr=0.05, seed=0, proximal_mu=0.5)
     whole_passes: list[int] = []
-    whole, _ = dp_round(data, 0, settings, whole_passes)
+    whole, _ = dp_round(data, 0, settings, whole_passes, mode)
     split_passes: list[int] = []
-    split, trainer = dp_round(data, 7, settings, split_passes)
+    split, trainer = dp_round(data, 7, settings, split_passes, mode)
     assert max(whole_passes) > 7  # the logical batches of ~64 ran whole
     assert max(split_passes) <= 7  # the mode check included: it runs one physical batch
-    assert trainer.mode_used == "ew"
+    assert trainer.mode_used == used
     # The same noise draws on the same clipped sums: only the order of additions differs.
     for a, b in zip(whole, split, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)

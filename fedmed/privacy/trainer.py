@@ -9,12 +9,15 @@ The engine's own accountant is used only to check that Opacus ran exactly the
 planned mechanism (σ, q, steps); ε always comes from the site ledger's full history
 (:mod:`fedmed.privacy.accounting`), never from an engine that started empty.
 
-Per-example clipping comes in five modes (``GRAD_SAMPLE_MODES``): Opacus's ``hooks``,
-PyTorch's expanded weights ``ew``, ``functorch``, and ghost clipping ``ghost``, which
-clips without storing every example's gradient (:func:`_clip_at_the_output`); ``auto``
-is the ``ew``-or-``hooks`` rule of :func:`select_grad_sample_mode`. ``ghost`` is chosen
-only on request: ``bench/dp_overhead.py`` measured it slower than ``auto``'s choice on
-every pack (docs/privacy.md § DP overhead per task pack), so no pack defaults to it.
+Per-example clipping comes in six modes (``GRAD_SAMPLE_MODES``): Opacus's ``hooks``,
+PyTorch's expanded weights ``ew``, ``functorch``, ghost clipping ``ghost``, which clips
+without storing every example's gradient (:func:`_clip_at_the_output`), and
+``bookkeeping`` (:mod:`fedmed.privacy.bookkeeping`), ghost clipping in one backward pass
+for models made of linear layers; ``auto`` is the rule of :func:`select_grad_sample_mode`.
+``ghost`` is chosen only on request: ``bench/dp_overhead.py`` measured it slower than
+``auto``'s choice on every pack (docs/privacy.md § DP overhead per task pack), so no pack
+defaults to it. Every mode but ``ghost`` takes its step through
+:mod:`fedmed.privacy.lean_step` (Opacus's arithmetic, its bookkeeping paid once a step).
 
 ``max_physical_batch`` caps how many examples go through the model at once without
 changing the mechanism: Opacus's batch splitting (``opacus.utils.batch_memory_manager``)
@@ -41,7 +44,7 @@ import torch
 from opacus import PrivacyEngine
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.grad_sample.utils import wrap_model
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.utils.batch_memory_manager import wrap_data_loader
 from opacus.validators import ModuleValidator
 from torch import nn
@@ -52,11 +55,13 @@ from fedmed.errors import ConfigError
 from fedmed.privacy import (
     conv_transpose_grad,  # noqa: F401 - registers its rule with Opacus
     ew_conv_fix,
+    lean_step,
 )
 from fedmed.privacy.accounting import compact
+from fedmed.privacy.bookkeeping import LinearBookkeeper, only_linear_layers
 from fedmed.privacy.sequence_lstm import SequenceLSTM
 
-GRAD_SAMPLE_MODES = ("auto", "ew", "hooks", "functorch", "ghost")
+GRAD_SAMPLE_MODES = ("auto", "ew", "hooks", "functorch", "ghost", "bookkeeping")
 
 # Opacus's hooks sit on the first layer too, whose input (token ids, images, signals)
 # never needs a gradient, so PyTorch warns on every backward pass that the full backward
@@ -118,16 +123,21 @@ OWN_RULES: tuple[type[nn.Module], ...] = (SequenceLSTM, nn.ConvTranspose2d)
 
 
 def select_grad_sample_mode(model: nn.Module, dataset: Dataset, loss: LossFn, batch: int) -> str:
-    """``ew`` when it gives this model correct per-example gradients, else ``hooks``; always
+    """``bookkeeping`` for a model of linear layers where it clips as Opacus does, else
+    ``ew`` where it gives this model correct per-example gradients, else ``hooks``; always
     ``hooks`` for a model with a layer of :data:`OWN_RULES`.
 
-    Measured (``bench/dp_overhead.py``, docs/architecture.md § Measured pitfalls): PyTorch's
-    expanded weights (``ew``) is as fast as Opacus's ``hooks`` or faster wherever it works,
-    but it fails or is wrong for some layers, sometimes only at some batch sizes (grouped
-    convolutions). So ``ew`` is tried on batches of several sizes — Poisson sampling makes
-    every size occur — and kept only if it matches ``hooks`` (Opacus's reference) on all of
-    them. The choice is a rule, not a timing race, so a seeded run gives the same numbers in
-    every process. Cached per architecture; the global RNG is left untouched.
+    Measured (``bench/dp_overhead.py``, docs/privacy.md § DP overhead per task pack):
+    bookkeeping (:mod:`fedmed.privacy.bookkeeping`) is the fastest where it applies, since it
+    builds no per-example gradient; PyTorch's expanded weights (``ew``) is as fast as
+    Opacus's ``hooks`` or faster wherever it works, but it fails or is wrong for some
+    layers, sometimes only at some batch sizes (grouped convolutions). So each candidate is
+    tried on batches of several sizes — Poisson sampling makes every size occur — and kept
+    only if it matches ``hooks`` (Opacus's reference) on all of them: the same per-example
+    gradients (``ew``), the same clipped sums with every example clipped and with none
+    (``bookkeeping``). The choice is a rule, not a timing race, so a seeded run gives the
+    same numbers in every process. Cached per architecture; the global RNG is left
+    untouched.
     """
     signature = repr(model)
     if signature not in _MODE_CACHE and any(isinstance(m, OWN_RULES) for m in model.modules()):
@@ -139,41 +149,67 @@ def select_grad_sample_mode(model: nn.Module, dataset: Dataset, loss: LossFn, ba
             warnings.simplefilter("ignore")
             # Even an unshuffled DataLoader draws a seed from the global RNG: keep it inside.
             inputs, targets = next(iter(DataLoader(dataset, batch_size=size, shuffle=False)))
-            _MODE_CACHE[signature] = (
-                "ew"
-                if all(
-                    _modes_agree(model, inputs[:n], targets[:n], loss, ("ew", "hooks"))
-                    for n in sizes
-                )
-                else "hooks"
-            )
+            batches = [(inputs[:n], targets[:n]) for n in sizes]
+            references = [_per_example_gradients(model, x, y, loss, "hooks") for x, y in batches]
+            _MODE_CACHE[signature] = "hooks"
+            for mode in ("bookkeeping", "ew"):
+                if all(reference is not None and _agrees(model, x, y, loss, mode, reference)
+                       for (x, y), reference in zip(batches, references, strict=True)):
+                    _MODE_CACHE[signature] = mode
+                    break
     return _MODE_CACHE[signature]
 
 
-def _modes_agree(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    loss: LossFn,
-    modes: tuple[str, str],
-) -> bool:
-    """Whether both modes compute the same per-example gradients (a failing mode: no)."""
-    results = []
-    for mode in modes:
+def _per_example_gradients(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: LossFn, mode: str
+) -> list[torch.Tensor] | None:
+    """A copy of ``model``'s per-example gradients under an Opacus ``mode`` (None: it failed)."""
+    clone = copy.deepcopy(model)
+    try:
+        wrapped = wrap_model(clone, grad_sample_mode=mode, batch_first=True, loss_reduction="mean")
+        torch.manual_seed(0)  # the same dropout masks in every mode
+        loss(wrapped(inputs), targets).backward()
+    except Exception:  # noqa: BLE001 - a mode that cannot handle this model is ruled out
+        return None
+    return [p.grad_sample.detach() for p in clone.parameters() if p.requires_grad]
+
+
+# Clipping norms for bookkeeping's check: every example clipped, and none.
+CHECK_CLIP_NORMS = (1e-3, 1e3)
+
+
+def _agrees(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: LossFn,
+            mode: str, reference: list[torch.Tensor]) -> bool:
+    """Whether ``mode`` computes what Opacus's hooks (``reference``) do on this batch."""
+    if mode == "ew":
+        grads = _per_example_gradients(model, inputs, targets, loss, "ew")
+        return grads is not None and _close(grads, reference)
+    if not only_linear_layers(model):
+        return False
+    params = [p for p in model.parameters() if p.requires_grad]
+    for clip in CHECK_CLIP_NORMS:
         clone = copy.deepcopy(model)
         try:
-            wrapped = wrap_model(
-                clone, grad_sample_mode=mode, batch_first=True, loss_reduction="mean"
-            )
-            torch.manual_seed(0)  # the same dropout masks in both modes
-            loss(wrapped(inputs), targets).backward()
-        except Exception:  # noqa: BLE001 - a mode that cannot handle this model is ruled out
+            sums = _bookkeeping_sums(clone, inputs, targets, loss, clip)
+        except ConfigError:  # e.g. a linear layer fed a sequence
             return False
-        results.append([p.grad_sample.detach() for p in clone.parameters() if p.requires_grad])
-    return all(
-        torch.allclose(a, b, rtol=1e-4, atol=1e-6)
-        for a, b in zip(results[0], results[1], strict=True)
-    )
+        if not _close(sums, lean_step.clip_and_sum(params, reference, clip)):
+            return False
+    return True
+
+
+def _bookkeeping_sums(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                      loss: LossFn, clip: float) -> list[torch.Tensor]:
+    """Bookkeeping's clipped sums of one batch through ``model`` (hooked for good)."""
+    keeper = LinearBookkeeper(model)
+    torch.manual_seed(0)
+    loss(model(inputs), targets).backward()
+    return keeper.clipped_sums([p for p in model.parameters() if p.requires_grad], clip)
+
+
+def _close(found: list[torch.Tensor], expected: list[torch.Tensor]) -> bool:
+    return all(torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+               for a, b in zip(found, expected, strict=True))
 
 
 def _clip_at_the_output(
@@ -217,49 +253,24 @@ def _clip_at_the_output(
     module.register_forward_hook(detach_output)
 
 
-def _tolerate_empty_batches(optimizer: DPOptimizer) -> None:
-    """Let ``step()`` follow a Poisson-sampled empty batch.
+def _ghost_tolerates_empty_batches(optimizer: DPOptimizerFastGradientClipping) -> None:
+    """Let ghost clipping's ``step()`` follow a Poisson-sampled empty batch.
 
     DP-SGD must still take the step — noise is added whether or not any example was
     drawn, or the absence of noise would reveal an empty draw — and
-    ``fedmed.training.loop`` does so by calling ``step()`` without a forward pass (the
-    ``ew`` mode cannot run a batch of size 0). Opacus then finds no per-example
-    gradients; the per-example gradients of an empty batch are an empty tensor, which
-    is installed here, so clipping sums nothing and the step adds pure noise. Ghost
-    clipping's optimizer reads the clipped sum from ``p.grad`` instead: zero.
+    ``fedmed.training.loop`` does so by calling ``step()`` without a forward pass. Ghost
+    clipping's optimizer reads the clipped sum from ``p.grad``, which is then unset: zero.
+    (The other modes' step, :mod:`fedmed.privacy.lean_step`, handles it itself.)
     """
     pre_step = optimizer.pre_step
-    ghost = isinstance(optimizer, DPOptimizerFastGradientClipping)
 
     def pre_step_tolerating_empty(closure: Callable[[], float] | None = None) -> bool | None:
         for param in optimizer.params:
-            if ghost and param.grad is None:
+            if param.grad is None:
                 param.grad = torch.zeros_like(param)
-            elif not ghost and getattr(param, "grad_sample", None) is None:
-                param.grad_sample = param.new_zeros((0, *param.shape))
         return pre_step(closure)
 
     optimizer.pre_step = pre_step_tolerating_empty  # type: ignore[method-assign]
-
-
-def _scale_once(optimizer: DPOptimizer) -> None:
-    """Opacus's ``scale_grad``, with its divisor computed once a step instead of once per
-    parameter.
-
-    Opacus divides every parameter's noisy gradient by ``expected_batch_size ×
-    accumulated_iterations``, and ``accumulated_iterations`` is a property that loops over
-    all parameters, so a step costs parameters² Python checks: imaging-cls's DenseNet has
-    34 parameter tensors, 1,156 checks a step, about 5 % of its DP-SGD epoch (profiled).
-    The same division by the same number, so the gradients are bit-identical (tested).
-    """
-
-    def scale_grad() -> None:
-        if optimizer.loss_reduction == "mean":
-            divisor = optimizer.expected_batch_size * optimizer.accumulated_iterations
-            for param in optimizer.params:
-                param.grad /= divisor
-
-    optimizer.scale_grad = scale_grad  # type: ignore[method-assign]
 
 
 @dataclass
@@ -342,17 +353,22 @@ class DPTrainer:
                 noise_multiplier=self.noise_multiplier,
                 max_grad_norm=self.clip_norm,
                 poisson_sampling=True,
-                grad_sample_mode=mode,
+                # bookkeeping keeps no per-example gradients, and ghost's optimizer reads none
+                grad_sample_mode="ghost" if mode == "bookkeeping" else mode,
                 noise_generator=noise,
             )
         # ghost also returns a loss wrapper (before the loader), unused: see _clip_at_the_output
         private_model, private_optimizer, private_loader = private[0], private[1], private[-1]
         if mode == "ghost":
             _clip_at_the_output(private_model, private_optimizer)
+            _ghost_tolerates_empty_batches(private_optimizer)
+        elif mode == "bookkeeping":
+            private_model.remove_hooks()  # Opacus's norm hooks: the bookkeeper clips instead
+            lean_step.install(private_optimizer, LinearBookkeeper(model).clipped_sums)
+        else:
+            lean_step.install(private_optimizer)
         if sampling is not None:
             private_loader.batch_sampler.generator = sampling  # type: ignore[union-attr]
-        _tolerate_empty_batches(private_optimizer)
-        _scale_once(private_optimizer)
         if self.max_physical_batch:
             private_loader = wrap_data_loader(data_loader=private_loader,
                                               max_batch_size=self.max_physical_batch,
