@@ -11,9 +11,10 @@ examples, and times local training with :func:`fedmed.training.loop.train_round`
 pack's default batch size and learning rate: without DP, and with
 :class:`fedmed.privacy.trainer.DPTrainer` in each of ``--modes`` side by side (default:
 Opacus's ``hooks``, expanded weights ``ew``, ghost clipping ``ghost``, and ``auto``, the
-mode a node picks; ``functorch`` on request). Ratios are DP / non-DP, median over
-``--repeats`` interleaved runs (see :func:`measure`). ``--device cuda`` measures the same on
-a GPU (the clock stops only after the GPU has finished: :func:`torch.cuda.synchronize`).
+mode a node picks; ``functorch`` and ``bookkeeping`` on request). Ratios are DP / non-DP,
+median over ``--repeats`` interleaved runs (see :func:`measure`). ``--device cuda``
+measures the same on a GPU (the clock stops only after the GPU has finished:
+:func:`torch.cuda.synchronize`).
 
 The last column, ``DP recipe``, is what turning DP on costs a node as shipped: DP-SGD
 (``auto``) with the pack's measured DP recipe (``fedmed.dp_recipes``: its batch size, lr and
@@ -44,6 +45,8 @@ from fedmed.tasks import TaskPack, get_task, task_names
 from fedmed.training.loop import TrainSettings, train_round
 
 MODES = ("hooks", "ew", "ghost", "auto")
+WIDTH = 16  # a ratio column; ``auto``'s also names the mode it picked, e.g. "1.73x (bookkeeping)"
+AUTO_WIDTH = 21
 MIN_SECONDS = 0.3  # each timed run trains enough epochs to last at least this long
 NOTES: list[str] = []
 
@@ -103,7 +106,8 @@ def measure(task: str, max_examples: int, repeats: int, device: torch.device,
     if recipe is not None:
         shipped = dataclasses.replace(
             settings, batch_size=int(recipe.get("batch-size", settings.batch_size)),
-            steps_per_epoch=int(recipe.get("steps-per-epoch", 0)), lr=float(recipe["lr"]))
+            steps_per_epoch=int(recipe.get("steps-per-epoch", 0)),
+            lr=float(recipe.get("lr", settings.lr)))  # deid-ner's recipe sets its steps only
         runners["recipe"] = (shipped, maker("auto", shipped, float(recipe.get("clip-norm", 1.0))))
     times: dict[str, list[float]] = {name: [] for name in runners}
     used = "-"
@@ -115,11 +119,12 @@ def measure(task: str, max_examples: int, repeats: int, device: torch.device,
     cells = [f"{task:<12} {site:<12} {len(data):>6} "
              f"{1000 * statistics.median(times['plain']) / epochs:>9.1f}"]
     for mode in modes:
+        width = AUTO_WIDTH if mode == "auto" else WIDTH
         if mode in failures:
-            cells.append(f"{failures[mode]:>14}")
+            cells.append(f"{failures[mode]:>{width}}")
             continue
         label = _ratio(times, mode) + (f" ({used})" if mode == "auto" else "")
-        cells.append(f"{label:>14}")
+        cells.append(f"{label:>{width}}")
     cells.append(f"{_ratio(times, 'recipe') if recipe else '-':>10}")
     return " ".join(cells)
 
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{device} ({torch.cuda.get_device_name(device)}), 1 CPU thread"
     print(f"DP / non-DP training time, median of {args.repeats} interleaved runs, {where}")
     print(f"{'task':<12} {'site':<12} {'n':>6} {'epoch ms':>9} "
-          + " ".join(f"{'DP ' + m:>14}" for m in modes) + f" {'DP recipe':>10}")
+          + " ".join(f"{'DP ' + m:>{AUTO_WIDTH if m == 'auto' else WIDTH}}" for m in modes)
+          + f" {'DP recipe':>10}")
     for task in tasks:
         print(measure(task, args.max_examples, args.repeats, device, modes), flush=True)
     for note in NOTES:
