@@ -27,14 +27,16 @@ and whose clipped sums it reproduces (``fedmed.privacy.trainer.select_grad_sampl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from fedmed.errors import ConfigError
+from fedmed.privacy.lean_step import NORM_EPSILON
 
-# Opacus's guard against dividing by a zero norm (opacus/optimizers/optimizer.py).
-NORM_EPSILON = 1e-6
 MARKER = "_fedmed_bookkeeping"  # set on a model once its layers carry the hooks
+ForwardHook = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]
 
 
 def only_linear_layers(model: nn.Module) -> bool:
@@ -64,7 +66,10 @@ class LinearBookkeeper:
         for index, layer in enumerate(self.layers):
             layer.register_forward_hook(self._recorder(index))
 
-    def _recorder(self, index: int):  # noqa: ANN202 - a forward hook
+    def _recorder(self, index: int) -> ForwardHook:
+        """The forward hook of linear layer ``index``: keeps its input and, once the backward
+        pass reaches it, its output gradient."""
+
         def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...],
                    output: torch.Tensor) -> None:
             if not (layer.training and torch.is_grad_enabled()):

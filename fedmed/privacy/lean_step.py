@@ -45,7 +45,11 @@ ClippedSums = Callable[[list[torch.Tensor], float], list[torch.Tensor]]
 def install(optimizer: DPOptimizer, clipped_sums: ClippedSums | None = None) -> None:
     """Replace ``optimizer.pre_step`` by :func:`lean_pre_step`; the clipped sums come from
     the per-example gradients Opacus's modules store, unless ``clipped_sums`` gives them
-    (``fedmed.privacy.bookkeeping``)."""
+    (``fedmed.privacy.bookkeeping``). Opacus's ``secure_mode`` (noise drawn four times from a
+    CSPRNG) is not reproduced, so an optimizer in it is refused; fedmed never sets it
+    (``fedmed.privacy.trainer.DPTrainer``: no CSPRNG build for this torch)."""
+    if optimizer.secure_mode:
+        raise ValueError("the lean DP step does not implement Opacus's secure_mode")
     source = clipped_sums or _per_example_clipping(optimizer)
 
     def pre_step(closure: Callable[[], float] | None = None) -> bool:
