@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import statistics
@@ -48,7 +47,7 @@ from fedmed.clients.hospital import HospitalClient
 from fedmed.clients.node import HospitalSite
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig, load_federation
-from fedmed.deid.sitekey import SECRET_RELPATH
+from fedmed.deid.sitekey import SiteKey
 from fedmed.errors import ConfigError
 from fedmed.privacy.policy import Policy
 from fedmed.server.app import fit_config_fn
@@ -65,10 +64,7 @@ def open_unbounded_home(root: Path, site: str, task: str, seed: int) -> None:
     ``seed`` and the site, so a seed's numbers are the same in every run of this bench and
     in both halves of ``--check-ray`` (a real site's secret is random)."""
     SiteHome.open(root, site, task)
-    secret = root / SECRET_RELPATH
-    secret.parent.mkdir(parents=True, exist_ok=True)
-    secret.write_text(hashlib.sha256(f"dp-accuracy|{site}|{seed}".encode()).hexdigest() + "\n")
-    secret.chmod(0o600)
+    SiteKey.create_derived(root, f"dp-accuracy|{site}|{seed}")
     (root / "policy.toml").write_text(
         Policy(epsilon=math.inf, min_noise_multiplier=0.0, allowed_tasks=(task,)).to_toml()
     )

@@ -48,6 +48,23 @@ class SiteKey:
         return cls._read(path)
 
     @classmethod
+    def create_derived(cls, site_home: str | Path, label: str) -> SiteKey:
+        """A new key derived from the public ``label`` (SHA-256 of it), for a simulated home
+        whose numbers must come out the same in every run — a study's or a bench's
+        throwaway federation, where the node draws its DP noise from this key. Anyone who
+        knows the label can recompute the key, so it is never for a real site
+        (:meth:`load_or_create`). Refuses a home that already holds a key."""
+        path = Path(site_home) / SECRET_RELPATH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as e:
+            raise ConfigError(f"{path}: the home already holds a site secret") from e
+        with os.fdopen(fd, "w") as f:
+            f.write(hashlib.sha256(label.encode("utf-8")).hexdigest() + "\n")
+        return cls._read(path)
+
+    @classmethod
     def _read(cls, path: Path) -> SiteKey:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):

@@ -20,6 +20,7 @@ node's ClientApp does not pay for Flower's strategies.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 from fedmed.dp_recipes import CHOICES as DP_RECIPES
 from fedmed.dp_recipes import MEASURED, recipe_overrides
 from fedmed.errors import ConfigError
+
+RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a fixed run id (FederationConfig.run_id)
 
 if TYPE_CHECKING:
     from flwr.server.strategy import Strategy
@@ -81,6 +84,12 @@ class FederationConfig:
     seed: int = 0
     data_dir: str = ""
     run_dir: str = ""
+    # The run's id, which the nodes draw their DP noise from (with their secret) and key
+    # their ledgers and kept releases by. Empty: "<run folder>-<8 random hex digits>", a new
+    # one for every run. A fixed id is for a study's throwaway federations, whose site homes
+    # are created for that one run (fedmed.studies.generalization), so a rerun reproduces
+    # its DP numbers; sent again to the same homes, it is the same run to them.
+    run_id: str = ""
     sites_home: str = ""
     coordinator_home: str = ""
     # Sample-level DP at every site (DP-SGD); see fedmed.privacy.job for the meaning.
@@ -213,6 +222,11 @@ class FederationConfig:
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr} (leave it out for the task "
                               "pack's default)")  # fmt: skip
+        if self.run_id and not RUN_ID.fullmatch(self.run_id):
+            raise ConfigError(
+                f"run-id {self.run_id!r}: use 1-64 letters, digits, '.', '_' or '-' "
+                "(leave it out for a new random id)"
+            )
         if self.max_physical_batch < 0:
             raise ConfigError(
                 f"max-physical-batch must be >= 0 (0: no limit), got {self.max_physical_batch}"

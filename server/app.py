@@ -149,7 +149,7 @@ def open_run(
     """
     point = find_resume_point(root)
     if point is None:
-        run_id = f"{root.name}-{uuid.uuid4().hex[:8]}"
+        run_id = config.run_id or f"{root.name}-{uuid.uuid4().hex[:8]}"
         header = {
             "fedmed-version": fedmed.__version__,
             "run-id": run_id,

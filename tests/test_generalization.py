@@ -15,6 +15,7 @@ from fedmed.clients.site_home import SiteHome
 from fedmed.commands.federation import federation_config
 from fedmed.commands.generalization import _baselines_and_header
 from fedmed.config import FederationConfig
+from fedmed.deid.sitekey import SECRET_RELPATH, SiteKey
 from fedmed.errors import ConfigError, DataError
 from fedmed.studies.baselines import run_baselines
 from fedmed.studies.generalization import study_site_homes, summarise, to_markdown
@@ -110,6 +111,14 @@ def test_study_command_runs_real_federations_without_touching_real_homes(
     for borrowed in ("local cleveland", "local hungary", "pooled"):
         assert dp_regimes[borrowed] == regimes[borrowed]
     assert dp_regimes["fedavg"] != regimes["fedavg"]  # the federation itself ran again, noised
+    # Its homes' secrets come from the seed and its run id from the run folder: run again,
+    # the DP federation gives the same scores (docs/results.md's DP studies reproduce).
+    again = tmp_path / "study-dp-again"
+    assert main([*args[:-1], str(again), "--dp", "--baselines-from", str(out)]) == 0
+    rerun = json.loads((again / "generalization.json").read_text())["all_sites"]["0"]
+    assert rerun["fedavg"] == dp_regimes["fedavg"]
+    run = json.loads((again / "runs" / "fedavg-seed0" / "metrics.json").read_text())
+    assert run["run-id"] == "fedavg-seed0"
     assert dp_raw["baselines"] == raw["baselines"]
     assert dp_raw["baselines_from"]["study"] == str(out / "generalization.json")
     assert "ε = 1; local and pooled rows from study)" in dp_raw["title"]
@@ -252,3 +261,21 @@ def test_a_dp_studys_baselines_train_as_the_study_without_dp(repo: Path) -> None
         recipes.append(_baselines_and_header(args, config, [0])[1]["baselines"])
         assert config.steps_per_epoch == (6 if config.dp else None)
     assert recipes[0] == recipes[1] and "steps_per_epoch" not in recipes[1]
+
+
+def test_study_homes_hold_secrets_derived_from_site_and_seed(tmp_path: Path) -> None:
+    """What makes a DP study's noise reproducible (a real site's secret is random)."""
+    for seed, folder in ((0, "a"), (0, "b"), (1, "c")):
+        study_site_homes(FederationConfig(task="heart", sites="va", seed=seed), tmp_path / folder)
+    keys = {folder: SiteKey.load_or_create(tmp_path / folder / "va").fingerprint
+            for folder in "abc"}
+    assert keys["a"] == keys["b"] != keys["c"]
+    assert oct((tmp_path / "a" / "va" / SECRET_RELPATH).stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(ConfigError, match="already holds a site secret"):
+        SiteKey.create_derived(tmp_path / "a" / "va", "anything")
+
+
+@pytest.mark.parametrize("run_id", ["has space", "a/b", "x" * 65])
+def test_a_fixed_run_id_must_be_a_plain_name(run_id: str) -> None:
+    with pytest.raises(ConfigError, match="run-id"):
+        FederationConfig.from_run_config({"task": "heart", "run-id": run_id})

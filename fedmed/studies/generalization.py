@@ -29,6 +29,7 @@ import torch
 
 from fedmed.clients.site_home import SiteHome
 from fedmed.config import FederationConfig
+from fedmed.deid.sitekey import SiteKey
 from fedmed.device import pick_device
 from fedmed.errors import ConfigError
 from fedmed.outputs import Scores
@@ -45,13 +46,19 @@ FINE_TUNED = "fine-tuned"
 
 
 def study_site_homes(config: FederationConfig, homes: Path) -> None:
-    """Fresh simulated site homes for one federation of the study (module docstring)."""
+    """Fresh simulated site homes for one federation of the study (module docstring).
+
+    Each home's secret — what its node draws DP noise and Poisson sampling from, with the
+    run id — is derived from the site and the seed (:meth:`SiteKey.create_derived`), and
+    the federation gets a fixed run id (:func:`federated_scores`), so a DP study run again
+    gives the same numbers; a real site's secret is random."""
     epsilon = DEFAULT_EPSILON if config.dp else math.inf
     policy = Policy(epsilon=epsilon, allowed_tasks=(config.task,))
     pack = get_task(config.task)
     data_dir = Path(config.data_dir) if config.data_dir else None
     for site in config.site_list(pack.site_names(data_dir)):
         SiteHome.create(homes / site, site, policy)
+        SiteKey.create_derived(homes / site, f"generalization|{site}|{config.seed}")
 
 
 def federated_scores(config: FederationConfig, run_dir: Path) -> tuple[Scores, Path]:
@@ -66,8 +73,11 @@ def federated_scores(config: FederationConfig, run_dir: Path) -> tuple[Scores, P
     # The study's federations are its own: fresh site homes and a coordinator home (key,
     # witness record) inside the run, so a study run again into the same folder, or after
     # deleting it, starts clean instead of meeting the witness of the sites it replaced.
+    # Its run id is fixed (the run folder's name: fedavg-seed0, loso-va-seed0, ...), so the
+    # nodes' noise depends only on what the study's command names (study_site_homes).
     config = replace(config, run_dir=str(run_dir), sites_home=str(run_dir / "sites"),
-                     coordinator_home=str(run_dir / "coordinator"))  # fmt: skip
+                     coordinator_home=str(run_dir / "coordinator"),
+                     run_id=run_dir.name)  # fmt: skip
     study_site_homes(config, run_dir / "sites")
     run_simulation(config)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
