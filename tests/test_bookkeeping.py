@@ -19,9 +19,10 @@ from fedmed.errors import ConfigError
 from fedmed.privacy import trainer as trainer_module
 from fedmed.privacy.bookkeeping import LinearBookkeeper
 from fedmed.privacy.lean_step import clip_and_sum
-from fedmed.privacy.trainer import DPTrainer, poisson_schedule, select_grad_sample_mode
+from fedmed.privacy.trainer import select_grad_sample_mode
 from fedmed.tasks import get_task
-from fedmed.training.loop import TrainSettings, get_weights, train_round
+from fedmed.training.loop import TrainSettings
+from tests.test_max_physical_batch import dp_round
 from tests.test_privacy_node import SITE, initial_weights, instructions, node
 
 
@@ -45,21 +46,20 @@ def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(outputs, targets)
 
 
-def hooks_clipped_sums(net: nn.Module, clip: float) -> list[torch.Tensor]:
-    """Opacus's reference: per-example gradients from its hooks, clipped and summed."""
+def per_example_gradients(net: nn.Module) -> list[torch.Tensor]:
+    """Opacus's reference: per-example gradients of ``batch()`` from its hooks."""
     inputs, targets = batch()
     wrapped = wrap_model(net, grad_sample_mode="hooks", batch_first=True, loss_reduction="mean")
     loss(wrapped(inputs), targets).backward()
-    params = [p for p in net.parameters() if p.requires_grad]
-    return clip_and_sum(params, [p.grad_sample for p in params], clip)
+    return [p.grad_sample for p in net.parameters() if p.requires_grad]
 
 
 @pytest.mark.parametrize("frozen_first", [False, True])
 def test_clipped_sums_equal_opacus_per_example_clipping(frozen_first: bool) -> None:
     inputs, targets = batch()
     reference_net = mlp(frozen_first)
-    norms = torch.stack([g.reshape(12, -1).norm(dim=1) for g in
-                         _per_example(reference_net)], dim=1).norm(dim=1)
+    samples = per_example_gradients(reference_net)
+    norms = torch.stack([g.reshape(12, -1).norm(dim=1) for g in samples], dim=1).norm(dim=1)
     clip = float(norms.median())  # about half the examples clipped, half not
     assert (norms > clip).any() and (norms < clip).any()
     net = mlp(frozen_first)
@@ -67,7 +67,8 @@ def test_clipped_sums_equal_opacus_per_example_clipping(frozen_first: bool) -> N
     loss(net(inputs), targets).backward()
     params = [p for p in net.parameters() if p.requires_grad]
     found = keeper.clipped_sums(params, clip)
-    expected = hooks_clipped_sums(mlp(frozen_first), clip)
+    trainable = [p for p in reference_net.parameters() if p.requires_grad]
+    expected = clip_and_sum(trainable, samples, clip)
     assert len(found) == len(expected) == (3 if frozen_first else 5)
     for a, b in zip(found, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -75,52 +76,18 @@ def test_clipped_sums_equal_opacus_per_example_clipping(frozen_first: bool) -> N
     assert all(not s.any() for s in keeper.clipped_sums(params, clip))
 
 
-def _per_example(net: nn.Module) -> list[torch.Tensor]:
-    inputs, targets = batch()
-    wrapped = wrap_model(net, grad_sample_mode="hooks", batch_first=True, loss_reduction="mean")
-    loss(wrapped(inputs), targets).backward()
-    return [p.grad_sample for p in net.parameters() if p.requires_grad]
-
-
-def heart_round(mode: str, physical: int = 0) -> tuple[list[np.ndarray], DPTrainer]:
-    """Heart's model after a verified DP round with a fixed secret seed (same noise draws)."""
-    pack = get_task("heart")
-    data = pack.load_site(SITE, None, 0).train
-    rate, steps = poisson_schedule(len(data), 16)
-    trainer = DPTrainer(1.0, rate, 2 * steps, 0.5, pack.loss, grad_sample_mode=mode,
-                        task=pack.name, secret_seed=11, max_physical_batch=physical)
-    torch.manual_seed(0)
-    model = pack.build_model()
-    settings = TrainSettings(local_epochs=2, batch_size=16, lr=0.05, seed=0)
-    train_round(pack, model, data, settings, torch.device("cpu"), wrap=trainer.wrap)
-    trainer.verify()
-    return get_weights(model), trainer
-
-
 @pytest.mark.parametrize("physical", [0, 5])
 def test_a_bookkeeping_round_trains_to_the_weights_of_a_hooks_round(physical: int) -> None:
-    found, trainer = heart_round("bookkeeping", physical)
-    expected, _ = heart_round("hooks", physical)
+    """Same secret seed, so the same noise draws; whole batches and parts of 5."""
+    data = get_task("heart").load_site(SITE, None, 0).train
+    settings = TrainSettings(local_epochs=2, batch_size=16, lr=0.05, seed=0)
+    found, trainer = dp_round(data, physical, settings, mode="bookkeeping")
+    expected, _ = dp_round(data, physical, settings, mode="hooks")
     assert trainer.mode_used == "bookkeeping"
     for a, b in zip(found, expected, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
     start = initial_weights()
     assert not all(np.allclose(a, b) for a, b in zip(found, start, strict=True))
-
-
-def test_empty_poisson_draws_step_with_pure_noise() -> None:
-    pack = get_task("heart")
-    tensors = pack.load_site(SITE, None, 0).train.tensors
-    tiny = TensorDataset(*(t[:3] for t in tensors))  # q = 1/3: empty draws are common
-    rate, steps = poisson_schedule(3, 1)
-    trainer = DPTrainer(1.0, rate, 10 * steps, 1.0, pack.loss, grad_sample_mode="bookkeeping")
-    model = pack.build_model()
-    passes: list[int] = []
-    model.register_forward_pre_hook(lambda _, inputs: passes.append(len(inputs[0])))
-    settings = TrainSettings(local_epochs=10, batch_size=1, lr=0.1, seed=3)
-    result = train_round(pack, model, tiny, settings, torch.device("cpu"), wrap=trainer.wrap)
-    trainer.verify()
-    assert len(passes) < result.steps == 10 * steps  # some steps had no forward pass
 
 
 class Twice(nn.Module):

@@ -145,7 +145,7 @@ def test_batchnorm_model_is_refused_with_a_clear_error() -> None:
         trainer.wrap(model, optimizer, DataLoader(data, batch_size=5))
 
 
-@pytest.mark.parametrize("mode", ["ew", "hooks"])
+@pytest.mark.parametrize("mode", ["ew", "hooks", "bookkeeping"])
 def test_dp_sgd_takes_noisy_steps_on_empty_poisson_batches(mode: str) -> None:
     pack = get_task("heart")
     data = pack.load_site(SITE, None, 0)
